@@ -1,0 +1,1 @@
+"""rnngen: recurrent-neural-network language models on the CPU."""

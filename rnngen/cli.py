@@ -1,0 +1,328 @@
+"""Command line: parses options and calls the library. Heavy imports happen inside commands
+so that ``rnngen --help`` starts instantly."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+MODEL_HELP = "Checkpoint to use (default: $RNNGEN_MODEL, else model.npz)."
+
+
+def model_option(f):
+    return click.option("-m", "--model", "model_path", envvar="RNNGEN_MODEL", default="model.npz",
+                        show_default=True, help=MODEL_HELP)(f)
+
+
+def _load(path: str):
+    from .checkpoint import load
+
+    return load(path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rnngen")
+def cli():
+    """Train recurrent-neural-network language models on a text file, sample new
+    text from them and score sentences.
+
+    \b
+      rnngen train corpus.txt              # writes model.npz
+      rnngen sample --n 10                 # ten generated lines
+      rnngen score "some sentence"         # log-probability and perplexity
+      cat lines.txt | rnngen score - | sort -n | head
+    """
+
+
+@cli.command()
+@click.argument("corpus", nargs=-1, required=True)
+@click.option("-o", "--output", default="model.npz", show_default=True, help="Checkpoint to write.")
+@click.option("--valid", "valid_path", help="Validation text file (default: hold out the end of the corpus).")
+@click.option("--valid-fraction", type=float, default=0.1, show_default=True,
+              help="Fraction of lines held out for validation when --valid is not given.")
+@click.option("--unit", type=click.Choice(["word", "char"]), default="word", show_default=True,
+              help="Tokens are whitespace-separated words or single characters.")
+@click.option("--lowercase", is_flag=True, help="Lowercase the text before tokenising.")
+@click.option("--vocab-size", type=int, default=0, help="Keep the N most frequent tokens (+ <eos>, <unk>); 0 = all.")
+@click.option("--min-count", type=int, default=1, show_default=True, help="Drop tokens seen fewer times.")
+@click.option("--cell", type=click.Choice(["rnn"]), default="rnn", show_default=True, help="Recurrent cell.")
+@click.option("--hidden", type=int, default=128, show_default=True, help="Hidden units per layer.")
+@click.option("--layers", type=int, default=1, show_default=True, help="Stacked recurrent layers.")
+@click.option("--embed", type=int, default=0, help="Embedding size (default: --hidden).")
+@click.option("--activation", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True,
+              help="Non-linearity of the vanilla RNN.")
+@click.option("--dropout", type=float, default=0.0, show_default=True,
+              help="Dropout on non-recurrent connections.")
+@click.option("--tie-weights", is_flag=True, help="Share the embedding with the output layer.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=20, show_default=True)
+@click.option("--bptt", type=int, default=35, show_default=True, help="Time steps per truncated-BPTT chunk.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "adam"]), default="adam", show_default=True)
+@click.option("--lr", type=float, default=0.0, help="Learning rate (default: sgd 1, adagrad 0.1, adam 0.002).")
+@click.option("--lr-decay", type=float, default=0.5, show_default=True,
+              help="Multiply the learning rate by this when validation stops improving.")
+@click.option("--clip", type=float, default=5.0, show_default=True, help="Global gradient-norm clip (0: off).")
+@click.option("--patience", type=int, default=0, help="Stop after N epochs without improvement (0: never).")
+@click.option("--max-time", type=float, default=0.0, help="Stop after this many seconds of training.")
+@click.option("--max-steps", type=int, default=0, help="Stop after this many optimiser steps.")
+@click.option("--checkpoint-every", type=float, default=600.0, show_default=True,
+              help="Seconds between periodic checkpoints.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and dropout.")
+@click.option("--resume", "resume_path", help="Continue the run saved in this checkpoint.")
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
+              help="What to do with bytes that are not UTF-8.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or epoch lines.")
+@click.pass_context
+def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, vocab_size, min_count, cell,
+          hidden, layers, embed, activation, dropout, tie_weights, resume_path, encoding_errors, quiet,
+          **train_options):
+    """Train a language model on CORPUS (text files, one sentence per line; - for stdin).
+
+    \b
+    Examples:
+      rnngen train corpus.txt                          # word level, writes model.npz
+      rnngen train --unit char --hidden 256 shakespeare.txt -o shakes.npz
+      rnngen train ptb.train.txt --valid ptb.valid.txt --optimizer sgd --lr 1 --hidden 200
+      rnngen train corpus.txt --resume model.npz --epochs 20   # continue a run
+    """
+    from .model import ModelConfig
+    from .train import TrainConfig, prepare_data, train as run_training
+
+    resume = None
+    if resume_path:
+        resume = _load(resume_path)
+        saved = dict(resume.train)
+        saved.pop("progress", None)
+        for name, value in train_options.items():       # options given now win over saved ones
+            if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+                saved[name] = value
+        config = TrainConfig.from_json(saved)
+        model_config = resume.model.config
+        vocab, train_ids, valid_ids = prepare_data(list(corpus), valid_path, valid_fraction,
+                                                   encoding_errors=encoding_errors, vocab=resume.vocab)
+    else:
+        config = TrainConfig(**train_options)
+        vocab, train_ids, valid_ids = prepare_data(list(corpus), valid_path, valid_fraction, unit, lowercase,
+                                                   vocab_size, min_count, encoding_errors)
+        model_config = ModelConfig(vocab_size=len(vocab), cell=cell, hidden=hidden, layers=layers, embed=embed,
+                                   activation=activation, dropout=dropout, tie_weights=tie_weights)
+    _check_writable(output)
+    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    log(f"rnngen: {len(train_ids):,} training tokens, "
+        f"{len(valid_ids) if valid_ids is not None else 0:,} validation tokens, vocabulary {len(vocab):,}")
+    from .train import TrainingInterrupted
+
+    try:
+        run_training(train_ids, valid_ids, vocab, model_config, config, output, resume=resume, log=log,
+                     progress=not quiet and sys.stderr.isatty())
+    except TrainingInterrupted as exc:
+        import signal
+
+        args = " ".join(_quote(a) for a in corpus)
+        click.echo(f"rnngen: interrupted at {exc}; saved {output}. Resume with: "
+                   f"rnngen train {args} --resume {_quote(output)} -o {_quote(output)}", err=True)
+        sys.exit(128 + (exc.signum or signal.SIGINT))
+    log(f"rnngen: saved {output}")
+
+
+def _quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def _check_writable(output: str) -> None:
+    from .errors import RnngenError
+
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise RnngenError(f"{output}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise RnngenError(f"{output}: folder {folder} is not writable")
+    if os.path.isdir(output):
+        raise RnngenError(f"{output}: is a directory")
+
+
+@cli.command()
+@model_option
+@click.option("-n", "--n", "n", type=int, default=10, show_default=True, help="Lines to generate.")
+@click.option("-t", "--temperature", type=float, default=1.0, show_default=True,
+              help="Softmax temperature; 0 = always the most likely token.")
+@click.option("--top-k", type=int, default=0, help="Sample only among the K most likely tokens (0: all).")
+@click.option("--top-p", type=float, default=1.0, show_default=True,
+              help="Sample only from the smallest set of tokens holding this much probability.")
+@click.option("--prime", default="", help="Text to continue.")
+@click.option("--max-length", type=int, default=100, show_default=True, help="Longest line, in tokens.")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible samples (default: random).")
+def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed):
+    """Generate lines of text, one per line on stdout.
+
+    \b
+    Examples:
+      rnngen sample --n 5 --seed 1
+      rnngen sample --prime "the dogs" --temperature 0.7 --top-k 20
+      rnngen sample -m shakes.npz --max-length 300 --top-p 0.9
+    """
+    from .sample import sample as run_sample
+
+    ckpt = _load(model_path)
+    for line in run_sample(ckpt.model, ckpt.vocab, n, temperature, top_k, top_p, prime, max_length, seed):
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+@cli.command()
+@click.argument("sentences", nargs=-1)
+@model_option
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True)
+@click.option("--per-token", is_flag=True, help="Add each token's log-probability.")
+@click.option("--stream", "stream_path", help="Perplexity of a whole file as one stream (standard LM evaluation).")
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, quiet):
+    """Score sentences: log-probability, perplexity, tokens, OOV count, text (tab-separated).
+
+    With no SENTENCE, or -, reads one sentence per line from stdin and writes each result
+    as soon as its line is read. The log-probability is natural-log and includes the
+    end-of-line token; the token count includes it too.
+
+    \b
+    Examples:
+      rnngen score "the dog barks ."
+      cat lines.txt | rnngen score - | sort -n | head
+      rnngen score --format jsonl --per-token "the dog barks ."
+      rnngen score --stream valid.txt          # perplexity of a whole file
+    """
+    from .score import score_lines, stream_logprob
+    from .textio import read_text
+
+    ckpt = _load(model_path)
+    model, vocab = ckpt.model, ckpt.vocab
+    totals = [0.0, 0]
+    if stream_path:
+        lines = read_text(stream_path, encoding_errors).split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        ids = vocab.encode_stream(lines)
+        logprob, count = stream_logprob(model, ids)
+        from .score import SentenceScore
+
+        oov = int((ids == vocab.unk).sum())
+        _emit([SentenceScore(stream_path, logprob, count, oov)], fmt, per_token)
+        totals = [logprob, count]
+    elif sentences and sentences != ("-",):
+        for results in (score_lines(model, vocab, list(sentences), per_token),):
+            _emit(results, fmt, per_token)
+            totals = [sum(r.logprob for r in results), sum(r.tokens for r in results)]
+    else:
+        for lines in _stdin_line_batches(encoding_errors):
+            results = score_lines(model, vocab, lines, per_token)
+            _emit(results, fmt, per_token)
+            totals[0] += sum(r.logprob for r in results)
+            totals[1] += sum(r.tokens for r in results)
+    if not quiet and totals[1]:
+        import math
+
+        click.echo(f"rnngen: {totals[1]:,} tokens, perplexity {math.exp(-totals[0] / totals[1]):.3f}", err=True)
+
+
+def _emit(results, fmt: str, per_token: bool) -> None:
+    out = []
+    for r in results:
+        if fmt == "jsonl":
+            rec = {"logprob": r.logprob, "perplexity": r.perplexity, "tokens": r.tokens, "oov": r.oov,
+                   "text": r.text}
+            if per_token:
+                rec["token_logprobs"] = r.token_logprobs
+            out.append(json.dumps(rec, ensure_ascii=False))
+        else:
+            cols = [f"{r.logprob:.4f}", f"{r.perplexity:.3f}", str(r.tokens), str(r.oov), r.text]
+            if per_token:
+                cols.append(" ".join(f"{t}:{lp:.4f}" for t, lp in r.token_logprobs))
+            out.append("\t".join(cols))
+    sys.stdout.write("".join(line + "\n" for line in out))
+    sys.stdout.flush()
+
+
+def _stdin_line_batches(encoding_errors: str):
+    """Yield lists of complete lines from stdin as they arrive: whatever is already
+    available is scored together (fast on files), a lone line is scored at once (tail -f)."""
+    import codecs
+
+    from .errors import RnngenError
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=encoding_errors)
+    stream = sys.stdin.buffer
+    pending, offset = "", 0
+    while True:
+        data = stream.read1(1 << 16) if hasattr(stream, "read1") else stream.read(1 << 16)
+        try:
+            text = decoder.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            raise RnngenError(f"<stdin>: not valid UTF-8 at byte offset {offset + exc.start} "
+                              "(pass --encoding-errors replace to go on)") from None
+        offset += len(data)
+        if "\x00" in text:
+            raise RnngenError("<stdin>: looks like binary data (NUL byte)")
+        pending += text.replace("\r\n", "\n")
+        if not data:
+            if pending:
+                yield [pending.rstrip("\r")]
+            return
+        *lines, pending = pending.split("\n")
+        if lines:
+            yield lines
+
+
+@cli.command()
+@click.argument("model_path", required=False, envvar="RNNGEN_MODEL", default="model.npz")
+def info(model_path):
+    """Show a checkpoint's configuration, vocabulary, size and training history."""
+    ckpt = _load(model_path)
+    cfg = ckpt.model.config
+    click.echo(f"model       {model_path}")
+    click.echo(f"cell        {cfg.cell} ({cfg.activation})" if cfg.cell == "rnn" else f"cell        {cfg.cell}")
+    click.echo(f"layers      {cfg.layers} x {cfg.hidden} hidden, embedding {cfg.embed_size}"
+               f"{', tied' if cfg.tie_weights else ''}, dropout {cfg.dropout:g}")
+    click.echo(f"vocabulary  {len(ckpt.vocab):,} {ckpt.vocab.unit}s{' (lowercased)' if ckpt.vocab.lowercase else ''}")
+    click.echo(f"parameters  {ckpt.model.num_params():,}")
+    train = {k: v for k, v in ckpt.train.items() if k != "progress"}
+    if train:
+        click.echo("training    " + " ".join(f"{k}={v}" for k, v in train.items()))
+    for h in ckpt.history:
+        valid = f"{h['valid_ppl']:.2f}" if h.get("valid_ppl") is not None else "-"
+        click.echo(f"epoch {h['epoch']:3d}{'*' if h.get('partial') else ' '} train ppl {h['train_ppl']:.2f}  "
+                   f"valid ppl {valid}  lr {h['lr']:.4g}  {h['tokens_per_s']:.0f} tok/s")
+
+
+def main(argv=None) -> None:
+    """Entry point: every expected failure becomes one line on stderr and a non-zero exit."""
+    from .errors import RnngenError
+
+    prog = "rnngen"
+    try:
+        cli.main(args=argv, prog_name=prog, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else prog
+        click.echo(f"{cmd}: error: {exc.format_message()} (see '{cmd} --help')", err=True)
+        sys.exit(2)
+    except click.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"{prog}: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except RnngenError as exc:
+        click.echo(f"{prog}: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (`| head`): be quiet, as shell tools are.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)

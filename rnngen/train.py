@@ -1,0 +1,322 @@
+"""Training: minibatched truncated BPTT, validation, learning-rate halving, checkpoints.
+
+The training stream (lines joined by ``<eos>``) is cut into ``batch_size`` contiguous
+streams read side by side ``bptt`` steps at a time; the hidden state is carried from one
+chunk to the next but gradients stop at chunk borders. After each epoch the validation
+perplexity decides: a new best is kept (it is the model the checkpoint serves), no
+improvement halves the learning rate, and ``patience`` such epochs in a row stop the run.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass, fields
+from typing import Callable
+
+import numpy as np
+
+from . import checkpoint
+from .checkpoint import Checkpoint
+from .errors import RnngenError
+from .model import Model, ModelConfig
+from .optim import DEFAULT_LR, OPTIMIZERS, clip_global_norm, make_optimizer
+from .score import perplexity
+from .vocab import Vocab
+
+
+@dataclass
+class TrainConfig:
+    """How to train; saved in the checkpoint so ``--resume`` continues the same run."""
+
+    epochs: int = 10
+    batch_size: int = 20
+    bptt: int = 35
+    optimizer: str = "adam"
+    lr: float = 0.0                  # 0 means the optimiser's default (DEFAULT_LR)
+    lr_decay: float = 0.5            # factor applied when validation stops improving
+    clip: float = 5.0                # global gradient-norm clip; 0 disables
+    seed: int = 0
+    patience: int = 0                # stop after this many epochs without improvement; 0 = never
+    max_time: float = 0.0            # seconds of training, 0 = no limit
+    max_steps: int = 0               # optimiser steps, 0 = no limit
+    checkpoint_every: float = 600.0  # seconds between periodic checkpoints, 0 = only per epoch
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise RnngenError(f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
+        for name in ("epochs", "batch_size", "bptt"):
+            if getattr(self, name) < 1:
+                raise RnngenError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("lr", "clip", "patience", "max_time", "max_steps", "checkpoint_every"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise RnngenError(f"--{name.replace('_', '-')} must be a non-negative number")
+        if not 0 < self.lr_decay <= 1:
+            raise RnngenError("--lr-decay must be in (0, 1]")
+        if self.lr == 0:
+            self.lr = DEFAULT_LR[self.optimizer]
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a SIGINT/SIGTERM once the resumable state has been saved."""
+
+    def __init__(self, signum: int, where: str):
+        super().__init__(where)
+        self.signum = signum
+
+
+def batchify(ids: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut the stream into ``batch_size`` contiguous columns: inputs and next-token targets (L, B)."""
+    L = (len(ids) - 1) // batch_size
+    inputs = ids[: batch_size * L].reshape(batch_size, L).T
+    targets = ids[1: batch_size * L + 1].reshape(batch_size, L).T
+    return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
+
+
+def fingerprint(ids: np.ndarray) -> str:
+    return f"{ids.size}:{zlib.crc32(ids.tobytes()):08x}"
+
+
+class _Signals:
+    """First SIGINT/SIGTERM sets a flag (training stops at the chunk border and saves);
+    a second SIGINT exits at once — the atomic checkpoint write keeps files intact."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self.handle)
+            except ValueError:          # not the main thread: no signal handling
+                pass
+        return self
+
+    def handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt_time(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
+          model_config: ModelConfig | None, config: TrainConfig, output: str,
+          resume: Checkpoint | None = None, log: Callable[[str], None] = _stderr,
+          progress: bool = False) -> Checkpoint:
+    """Train and write ``output``; returns the final checkpoint (best model + resume state).
+
+    With ``resume`` the model, vocabulary, optimiser state, position in the data, learning
+    rate, RNG stream and history continue from that checkpoint; ``model_config`` is ignored.
+    """
+    train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
+    batch_size = min(config.batch_size, max(1, len(train_ids) - 1))
+    if batch_size < config.batch_size:
+        log(f"rnngen: corpus has only {len(train_ids)} tokens; using batch size {batch_size}")
+        config.batch_size = batch_size
+    if len(train_ids) < 2:
+        raise RnngenError("the training corpus needs at least 2 tokens")
+    inputs, targets = batchify(train_ids, config.batch_size)
+    n_chunks = math.ceil(len(inputs) / config.bptt)
+
+    if resume is not None:
+        model, best, history, progress_state = _restore(resume, config, train_ids)
+        vocab = resume.vocab
+    else:
+        model = Model.init(model_config, seed=config.seed)
+        best = None
+        history = []
+        progress_state = {"epoch": 0, "chunk": 0, "step": 0, "lr": config.lr, "best_valid": None, "best_score": None,
+                          "bad_epochs": 0, "epoch_nll": 0.0, "epoch_tokens": 0, "elapsed": 0.0,
+                          "rng": np.random.default_rng(config.seed + 1).bit_generator.state,
+                          "data": fingerprint(train_ids), "done": False}
+    optim = make_optimizer(config.optimizer, model.params)
+    state = model.zero_state(config.batch_size)
+    if resume is not None:
+        optim.load_state({k[len("optim."):]: v for k, v in resume.resume.items() if k.startswith("optim.")},
+                         progress_state["step"])
+        state[...] = resume.resume["state"]
+    rng = np.random.default_rng()
+    rng.bit_generator.state = progress_state["rng"]
+    ps = progress_state
+    ps["done"] = False
+
+    def snapshot() -> Checkpoint:
+        ps["rng"] = rng.bit_generator.state
+        resume_arrays = {f"param.{k}": v for k, v in model.params.items()}
+        resume_arrays.update({f"optim.{k}": v for k, v in optim.state.items()})
+        resume_arrays["state"] = state
+        best_model = Model(model.config, best) if best is not None else model
+        return Checkpoint(best_model, vocab, {**asdict(config), "progress": dict(ps)}, history, resume_arrays)
+
+    def save():
+        checkpoint.save(output, snapshot())
+
+    def end_of_epoch(partial: bool):
+        """Validate; keep the best model. Only whole epochs drive the learning-rate
+        schedule, so a run stopped and resumed mid-epoch follows the same schedule."""
+        nonlocal best
+        train_ppl = math.exp(ps["epoch_nll"] / max(ps["epoch_tokens"], 1))
+        valid_ppl = perplexity(model, valid_ids) if valid_ids is not None and len(valid_ids) else None
+        score = valid_ppl if valid_ppl is not None else train_ppl
+        entry = {"epoch": ps["epoch"] + 1, "partial": partial, "step": ps["step"],
+                 "train_ppl": train_ppl, "valid_ppl": valid_ppl, "lr": ps["lr"],
+                 "tokens_per_s": tok_count / max(train_time, 1e-9), "elapsed": ps["elapsed"]}
+        history.append(entry)
+        is_best = ps["best_score"] is None or score < ps["best_score"]
+        if is_best:
+            ps["best_score"] = score
+            best = {k: v.copy() for k, v in model.params.items()}
+        if not partial:
+            if ps["best_valid"] is None or score < ps["best_valid"]:
+                ps["best_valid"] = score
+                ps["bad_epochs"] = 0
+            else:
+                ps["bad_epochs"] += 1
+                ps["lr"] *= config.lr_decay
+        valid_txt = f"{valid_ppl:9.2f}" if valid_ppl is not None else "        -"
+        log(f"epoch {ps['epoch'] + 1:3d}{'*' if partial else ' '} train ppl {train_ppl:9.2f}  "
+            f"valid ppl {valid_txt}  lr {entry['lr']:.4g}  {entry['tokens_per_s']:7.0f} tok/s  "
+            f"elapsed {_fmt_time(ps['elapsed'])}{'  (best)' if is_best else ''}")
+
+    tok_count, train_time = 0, 0.0
+    last_save = time.perf_counter()
+    stop_reason = None
+    bar = None
+    with _Signals() as signals:
+        while ps["epoch"] < config.epochs and stop_reason is None:
+            if ps["chunk"] == 0:
+                state[...] = 0
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=n_chunks, initial=ps["chunk"], desc=f"epoch {ps['epoch'] + 1}",
+                           unit="chunk", file=sys.stderr, leave=False, dynamic_ncols=True)
+            while ps["chunk"] < n_chunks:
+                t0 = time.perf_counter()
+                start = ps["chunk"] * config.bptt
+                x, y = inputs[start:start + config.bptt], targets[start:start + config.bptt]
+                masks = model.dropout_masks(rng, *x.shape) if model.config.dropout > 0 else None
+                nll, grads, new_state = model.loss_and_grads(x, y, state, masks)
+                if not math.isfinite(nll):
+                    raise RnngenError(f"training diverged at step {ps['step']} (loss is {nll}); "
+                                      "try a lower --lr or a smaller --clip")
+                clip_global_norm(grads, config.clip)
+                optim.step(model.params, grads, ps["lr"])
+                state = new_state
+                ps["chunk"] += 1
+                ps["step"] += 1
+                ps["epoch_nll"] += nll
+                ps["epoch_tokens"] += x.size
+                tok_count += x.size
+                ps["elapsed"] += time.perf_counter() - t0
+                train_time += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(ppl=f"{math.exp(ps['epoch_nll'] / ps['epoch_tokens']):.2f}",
+                                    tok_s=f"{tok_count / train_time:.0f}", refresh=False)
+                if signals.received is not None:
+                    if bar is not None:
+                        bar.close()
+                    save()
+                    raise TrainingInterrupted(signals.received,
+                                              f"epoch {ps['epoch'] + 1}, step {ps['step']}")
+                if config.max_steps and ps["step"] >= config.max_steps:
+                    stop_reason = f"reached --max-steps {config.max_steps}"
+                elif config.max_time and ps["elapsed"] >= config.max_time:
+                    stop_reason = f"reached --max-time {config.max_time:g}s"
+                if stop_reason:
+                    break
+                if config.checkpoint_every and time.perf_counter() - last_save >= config.checkpoint_every:
+                    save()
+                    last_save = time.perf_counter()
+            if bar is not None:
+                bar.close()
+            partial = ps["chunk"] < n_chunks
+            end_of_epoch(partial)
+            if not partial:
+                ps["epoch"] += 1
+                ps["chunk"] = 0
+                ps["epoch_nll"], ps["epoch_tokens"] = 0.0, 0
+                if config.patience and ps["bad_epochs"] >= config.patience:
+                    stop_reason = f"no improvement for {config.patience} epochs"
+            save()
+            last_save = time.perf_counter()
+    if stop_reason:
+        log(f"rnngen: stopped: {stop_reason}")
+    ps["done"] = ps["epoch"] >= config.epochs
+    final = snapshot()
+    checkpoint.save(output, final)
+    return final
+
+
+def _restore(ckpt: Checkpoint, config: TrainConfig, train_ids: np.ndarray):
+    if ckpt.resume is None or "progress" not in ckpt.train:
+        raise RnngenError("checkpoint has no training state to resume from")
+    ps = dict(ckpt.train["progress"])
+    if ps.get("data") != fingerprint(train_ids):
+        raise RnngenError("--resume needs the same training corpus and vocabulary options as the original run")
+    if ckpt.train.get("batch_size") != config.batch_size:
+        raise RnngenError("--resume needs the same --batch-size as the original run")
+    model = Model(ckpt.model.config, {k[len("param."):]: v.copy() for k, v in ckpt.resume.items()
+                                      if k.startswith("param.")})
+    best = {k: v.copy() for k, v in ckpt.model.params.items()} if ps.get("best_score") is not None else None
+    return model, best, list(ckpt.history), ps
+
+
+def prepare_data(corpus_paths: list[str], valid_path: str | None = None, valid_fraction: float = 0.1,
+                 unit: str = "word", lowercase: bool = False, vocab_size: int = 0, min_count: int = 1,
+                 encoding_errors: str = "strict", vocab: Vocab | None = None):
+    """Read the corpus files, hold out validation lines, build (or reuse) the vocabulary.
+
+    Without ``valid_path`` the last ``valid_fraction`` of the lines is held out. Returns
+    (vocab, train ids, valid ids or None). The vocabulary comes from the training lines only.
+    """
+    from .textio import read_lines
+
+    if vocab_size < 0:
+        raise RnngenError("--vocab-size must be 0 (no limit) or more")
+    if min_count < 1:
+        raise RnngenError("--min-count must be at least 1")
+    if not 0 <= valid_fraction < 1:
+        raise RnngenError("--valid-fraction must be in [0, 1)")
+    lines: list[str] = []
+    for path in corpus_paths:
+        lines.extend(read_lines(path, encoding_errors))
+    valid_lines = None
+    if valid_path is not None:
+        valid_lines = read_lines(valid_path, encoding_errors)
+    elif valid_fraction > 0:
+        n_valid = int(len(lines) * valid_fraction)
+        if n_valid == 0 or n_valid == len(lines):
+            raise RnngenError(f"the corpus has only {len(lines)} lines: too few to hold out "
+                              f"{valid_fraction:g} for validation (pass --valid FILE or --valid-fraction 0)")
+        lines, valid_lines = lines[:-n_valid], lines[-n_valid:]
+    if vocab is None:
+        vocab = Vocab.build(lines, unit=unit, lowercase=lowercase, max_size=vocab_size or None,
+                            min_count=min_count)
+    train_ids = vocab.encode_stream(lines)
+    valid_ids = vocab.encode_stream(valid_lines) if valid_lines else None
+    return vocab, train_ids, valid_ids
