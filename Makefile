@@ -1,0 +1,37 @@
+# rnngen — every target installs what it needs into a local venv (.venv) first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+RNNGEN := $(VENV)/bin/rnngen
+DEMO   := demo-model.npz
+CORPUS := corpora/agreement
+
+.PHONY: demo test test-slow lint bench bench-quality clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## demo: train on the project's generated corpus, print 10 samples, score two sentences
+demo: $(VENV)/.installed
+	$(RNNGEN) train $(CORPUS)/train.txt --valid $(CORPUS)/valid.txt -o $(DEMO) \
+		--hidden 96 --epochs 30 --max-time 60 --seed 1
+	@echo "--- 10 samples (rnngen sample -m $(DEMO) --n 10 --seed 1)"
+	$(RNNGEN) sample -m $(DEMO) --n 10 --seed 1
+	@echo "--- a typical sentence and the same words scrambled (rnngen score)"
+	$(RNNGEN) score -m $(DEMO) "the dogs that the cat sees run ." "run cat the sees dogs that the ."
+
+## test: the test suite (slow checks are marked and left to test-slow)
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check rnngen tests bench corpora
+
+clean:
+	rm -rf $(VENV) rnngen/__pycache__ tests/__pycache__ .pytest_cache $(DEMO)

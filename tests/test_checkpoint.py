@@ -1,0 +1,67 @@
+"""Checkpoint round trip: the loaded model scores and samples exactly like the saved one."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from rnngen import checkpoint
+from rnngen.errors import RnngenError
+from rnngen.sample import sample
+from rnngen.score import score_lines
+
+LINES = ["the dogs that the cat sees run .", "a bird sleeps .", "run run run"]
+
+
+def test_round_trip_scores_and_samples(tiny_model_path, tmp_path):
+    ckpt = checkpoint.load(str(tiny_model_path))
+    copy = tmp_path / "copy.npz"
+    checkpoint.save(str(copy), ckpt)
+    again = checkpoint.load(str(copy))
+    for k, v in ckpt.model.params.items():
+        assert np.array_equal(v, again.model.params[k])
+    assert [r.logprob for r in score_lines(ckpt.model, ckpt.vocab, LINES)] == \
+        [r.logprob for r in score_lines(again.model, again.vocab, LINES)]
+    assert sample(ckpt.model, ckpt.vocab, n=4, seed=5) == sample(again.model, again.vocab, n=4, seed=5)
+    assert again.vocab.tokens == ckpt.vocab.tokens
+    assert again.history == ckpt.history
+    assert set(again.resume) == set(ckpt.resume)
+
+
+def test_checkpoint_is_plain_arrays(tiny_model_path):
+    with np.load(tiny_model_path, allow_pickle=False) as npz:
+        names = set(npz.files)
+        meta = json.loads(npz["meta"].tobytes())
+        assert all(npz[n].dtype != object for n in names)
+    assert meta["format"] == "rnngen-checkpoint" and meta["version"] == checkpoint.VERSION
+    assert "param.embed" in names and "resume.state" in names
+
+
+def test_newer_version_is_refused(tiny_model_path, tmp_path):
+    bad = tmp_path / "newer.npz"
+    with np.load(tiny_model_path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["version"] = checkpoint.VERSION + 1
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(bad, **arrays)
+    with pytest.raises(RnngenError, match="newer rnngen"):
+        checkpoint.load(str(bad))
+
+
+def test_save_is_atomic_when_writing_fails(tiny_model_path, tmp_path, monkeypatch):
+    target = tmp_path / "model.npz"
+    ckpt = checkpoint.load(str(tiny_model_path))
+    checkpoint.save(str(target), ckpt)
+    before = target.read_bytes()
+
+    def explode(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", explode)
+    with pytest.raises((OSError, RnngenError)):
+        checkpoint.save(str(target), ckpt)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+    assert zipfile.is_zipfile(target)

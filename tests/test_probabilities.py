@@ -1,0 +1,63 @@
+"""Scores are proper probabilities, and the batched scorer agrees with the stream scorer."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from rnngen.cells import CELLS
+from rnngen.model import Model, ModelConfig
+from rnngen.score import score_lines, stream_logprob
+from rnngen.vocab import Vocab
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_all_sequences_of_length_L_sum_to_one(cell):
+    V, L = 4, 5          # <eos>, <unk>, a, b: 4^5 = 1024 sequences
+    model = Model.init(ModelConfig(vocab_size=V, cell=cell, hidden=6, layers=2), seed=1, dtype=np.float64)
+    for v in model.params.values():
+        v *= 5.0         # a peaked, far from uniform distribution
+    total = sum(math.exp(stream_logprob(model, seq)[0]) for seq in itertools.product(range(V), repeat=L))
+    assert total == pytest.approx(1.0, abs=1e-9)
+
+
+def test_float32_distribution_sums_to_one():
+    V = 50
+    model = Model.init(ModelConfig(vocab_size=V, hidden=16), seed=2)
+    top, _, _ = model.hidden_forward(np.zeros((1, 1), dtype=np.int32), model.zero_state(1))
+    logits = model.logits(top[0]).astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    logps = [stream_logprob(model, [t])[0] for t in range(V)]
+    assert np.exp(logps).sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(np.exp(logps), probs, atol=1e-6)
+
+
+def test_sentence_score_equals_stream_of_one_line():
+    vocab = Vocab.build(["a b c", "b c d e"])
+    model = Model.init(ModelConfig(vocab_size=len(vocab), hidden=8), seed=0, dtype=np.float64)
+    lines = ["a b c", "e d", "", "a zzz b", "b c d e a b c d e a b"]
+    results = score_lines(model, vocab, lines, per_token=True)
+    for line, r in zip(lines, results):
+        ids = vocab.encode_stream([line])
+        logprob, n = stream_logprob(model, ids)
+        assert r.text == line
+        assert r.tokens == n == len(line.split()) + 1
+        assert r.logprob == pytest.approx(logprob, abs=1e-10)
+        assert sum(lp for _, lp in r.token_logprobs) == pytest.approx(r.logprob)
+        assert r.perplexity == pytest.approx(math.exp(-logprob / n))
+    assert results[3].oov == 1
+    assert [t for t, _ in results[3].token_logprobs] == ["a", "<unk>", "b", "<eos>"]
+
+
+def test_stream_scoring_is_chunk_independent():
+    """A stream longer than one scoring chunk carries its state across chunk borders."""
+    from rnngen.score import chunked_logprobs
+
+    model = Model.init(ModelConfig(vocab_size=9, hidden=8), seed=0, dtype=np.float64)
+    ids = np.random.default_rng(0).integers(0, 9, 600).astype(np.int32)
+    inputs = np.concatenate(([0], ids[:-1])).astype(np.int32)[:, None]
+    whole, _ = chunked_logprobs(model, inputs, ids[:, None], chunk=600)
+    chunked, _ = chunked_logprobs(model, inputs, ids[:, None], chunk=7)
+    assert np.allclose(whole, chunked, atol=1e-12)
