@@ -10,13 +10,14 @@ the batch size (Zaremba et al. 2014), so SGD with lr 1 and clip 5 matches their 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from .cells import CELLS, make_cell
 from .errors import RnngenError
 from .kernels import scatter_add_rows
+from .softmax import OUTPUTS
 
 
 @dataclass
@@ -31,6 +32,8 @@ class ModelConfig:
     activation: str = "tanh"
     dropout: float = 0.0
     tie_weights: bool = False
+    softmax: str = "full"
+    class_bounds: list = field(default_factory=list)   # C+1 ids, for softmax "class"
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -46,6 +49,13 @@ class ModelConfig:
             raise RnngenError("--dropout must be in [0, 1)")
         if self.tie_weights and self.embed_size != self.hidden:
             raise RnngenError("--tie-weights needs --embed equal to --hidden")
+        if self.softmax not in OUTPUTS:
+            raise RnngenError(f"unknown softmax {self.softmax!r} (choose from {', '.join(OUTPUTS)})")
+        b = self.class_bounds
+        if self.softmax == "class" and not (
+                isinstance(b, list) and len(b) >= 2 and all(isinstance(i, int) for i in b)
+                and b[0] == 0 and b[-1] == self.vocab_size and all(x < y for x, y in zip(b, b[1:]))):
+            raise RnngenError("class softmax needs class bounds increasing from 0 to the vocabulary size")
 
     @property
     def embed_size(self) -> int:
@@ -68,9 +78,7 @@ class ModelConfig:
             for k, s in cell.param_shapes(n_in, self.hidden).items():
                 shapes[f"l{layer}.{k}"] = s
             n_in = self.hidden
-        if not self.tie_weights:
-            shapes["out.W"] = (self.hidden, self.vocab_size)
-        shapes["out.b"] = (self.vocab_size,)
+        shapes.update(OUTPUTS[self.softmax](self).param_shapes(self))
         return shapes
 
 
@@ -81,6 +89,7 @@ class Model:
         self.config = config
         self.params = params
         self.cell = make_cell(config.cell, config.activation)
+        self.output = OUTPUTS[config.softmax](config)
 
     @classmethod
     def init(cls, config: ModelConfig, seed: int = 0, dtype=np.float32) -> "Model":
@@ -92,9 +101,8 @@ class Model:
             for k, v in cell.init_params(n_in, config.hidden, rng, dtype).items():
                 p[f"l{layer}.{k}"] = v
             n_in = config.hidden
-        if not config.tie_weights:
-            p["out.W"] = rng.uniform(-0.1, 0.1, (config.hidden, config.vocab_size)).astype(dtype)
-        p["out.b"] = np.zeros(config.vocab_size, dtype=dtype)
+        for name, shape in OUTPUTS[config.softmax](config).param_shapes(config).items():
+            p[name] = (np.zeros(shape) if name.endswith(".b") else rng.uniform(-0.1, 0.1, shape)).astype(dtype)
         return cls(config, p)
 
     @property
@@ -108,10 +116,6 @@ class Model:
         """Initial recurrent state: (layers, state parts, batch, hidden)."""
         c = self.config
         return np.zeros((c.layers, self.cell.state_parts, batch, c.hidden), dtype=self.dtype)
-
-    def out_weight(self) -> np.ndarray:
-        """V of o_t = softmax(h_t V + c), shape (hidden, vocab); the embedding if tied."""
-        return self.params["embed"].T if self.config.tie_weights else self.params["out.W"]
 
     def layer_params(self, layer: int) -> dict[str, np.ndarray]:
         prefix = f"l{layer}."
@@ -138,18 +142,16 @@ class Model:
                 x = x * masks[layer + 1]
         return x, caches, new_state
 
-    def logits(self, top: np.ndarray) -> np.ndarray:
-        """h V + c for rows of top-layer states (N, H) -> (N, V)."""
-        out = top @ self.out_weight()
-        out += self.params["out.b"]
-        return out
+    def next_logprobs(self, top: np.ndarray) -> np.ndarray:
+        """log p(w | h) over the whole vocabulary for rows of top-layer states (N, H) -> (N, V)."""
+        return self.output.all_logprobs(self.params, top)
 
     def token_logprobs(self, inputs: np.ndarray, targets: np.ndarray, state: np.ndarray):
         """log p(target | history) for each position (T, B), and the final state. No gradients."""
         T, B = inputs.shape
         top, _, new_state = self.hidden_forward(inputs, state)
-        logits = self.logits(top.reshape(T * B, -1))
-        return log_softmax_pick(logits, targets.reshape(-1)).reshape(T, B), new_state
+        logp = self.output.logprobs(self.params, top.reshape(T * B, -1), targets.reshape(-1))
+        return logp.reshape(T, B), new_state
 
     def loss_and_grads(self, inputs, targets, state, masks=None):
         """Summed NLL of the chunk, gradients of (summed NLL / batch), and the final state.
@@ -162,18 +164,11 @@ class Model:
         N = T * B
         p, cfg = self.params, self.config
         top, caches, new_state = self.hidden_forward(inputs, state, masks)
-        top2 = top.reshape(N, -1)
-        probs = self.logits(top2)
-        logp = softmax_xent_grad(probs, targets.reshape(-1), 1.0 / B)   # probs -> dL/dlogits
-        dlogits = probs
-        grads = {"embed": np.zeros_like(p["embed"])}
-        d_out_w = top2.T @ dlogits
-        if cfg.tie_weights:
-            grads["embed"] += d_out_w.T
-        else:
-            grads["out.W"] = d_out_w
-        grads["out.b"] = dlogits.sum(axis=0)
-        dx = (dlogits @ self.out_weight().T).reshape(T, B, -1)
+        logp, dtop, out_grads = self.output.loss_grad(p, top.reshape(N, -1), targets.reshape(-1), 1.0 / B)
+        grads = {"embed": out_grads.pop("embed", None)}
+        grads["embed"] = np.zeros_like(p["embed"]) if grads["embed"] is None else np.ascontiguousarray(grads["embed"])
+        grads.update(out_grads)
+        dx = dtop.reshape(T, B, -1)
         for layer in range(cfg.layers - 1, -1, -1):
             if masks is not None:
                 dx = dx * masks[layer + 1]
@@ -185,25 +180,3 @@ class Model:
         scatter_add_rows(grads["embed"], inputs.reshape(-1), np.ascontiguousarray(dx.reshape(N, -1)))
         return -float(logp.sum()), {k: grads[k] for k in p}, new_state
 
-
-def log_softmax_pick(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """log softmax(logits)[i, targets[i]] for each row, computed stably. Destroys logits."""
-    rows = np.arange(len(targets))
-    picked = logits[rows, targets]
-    m = logits.max(axis=1)
-    logits -= m[:, None]
-    np.exp(logits, out=logits)
-    return picked - m - np.log(logits.sum(axis=1))
-
-
-def softmax_xent_grad(logits: np.ndarray, targets: np.ndarray, scale: float) -> np.ndarray:
-    """Per-row log p[target]; turns ``logits`` in place into scale * (softmax - onehot)."""
-    rows = np.arange(len(targets))
-    picked = logits[rows, targets]
-    m = logits.max(axis=1)
-    logits -= m[:, None]
-    np.exp(logits, out=logits)
-    z = logits.sum(axis=1)
-    logits *= (scale / z)[:, None].astype(logits.dtype)
-    logits[rows, targets] -= logits.dtype.type(scale)
-    return picked - m - np.log(z)

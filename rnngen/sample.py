@@ -44,7 +44,7 @@ def sample(model: Model, vocab: Vocab, n: int = 10, temperature: float = 1.0, to
     length = np.full(n, max_length)
     for t in range(max_length):
         top, _, state = model.hidden_forward(current[None, :], state)
-        logits = model.logits(top[0])
+        logits = model.next_logprobs(top[0])
         sample_rows(logits, float(temperature), int(top_k), float(top_p), rng.random(n), current)
         generated[t] = current
         ended = (current == vocab.eos) & ~finished

@@ -26,9 +26,7 @@ def test_float32_distribution_sums_to_one():
     V = 50
     model = Model.init(ModelConfig(vocab_size=V, hidden=16), seed=2)
     top, _, _ = model.hidden_forward(np.zeros((1, 1), dtype=np.int32), model.zero_state(1))
-    logits = model.logits(top[0]).astype(np.float64)
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
+    probs = np.exp(model.next_logprobs(top[0]).astype(np.float64))
     logps = [stream_logprob(model, [t])[0] for t in range(V)]
     assert np.exp(logps).sum() == pytest.approx(1.0, abs=1e-5)
     assert np.allclose(np.exp(logps), probs, atol=1e-6)

@@ -32,7 +32,7 @@ def greedy_path(model, vocab, length):
     state, token, path = model.zero_state(1), 0, []
     for _ in range(length):
         top, _, state = model.hidden_forward(np.array([[token]], dtype=np.int32), state)
-        token = int(np.argmax(model.logits(top[0])[0]))
+        token = int(np.argmax(model.next_logprobs(top[0])[0]))
         if token == vocab.eos:
             break
         path.append(token)

@@ -1,0 +1,64 @@
+"""Thread counts of the two BLAS libraries in the process.
+
+NumPy and SciPy wheels each bundle their own OpenBLAS. NumPy's does rnngen's big
+whole-chunk products (the output layer); SciPy's is the one Numba calls for the small
+per-time-step products inside the kernels. Each spins its own thread pool; on 2 cores two
+spinning pools, or one pool sharing a core with another busy process, turned a 1 ms
+recurrence into 540 ms and a 70k tokens/s training run into 8k (measured). So the kernels'
+BLAS always runs on one thread, and NumPy's gets threads only where products are large.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+
+_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+            "openblas_set_num_threads64_", "openblas_set_num_threads")
+
+# Below this many multiply-adds per token in the output layer (hidden x vocabulary),
+# one BLAS thread is faster than two: the products are too small to split.
+PARALLEL_MIN_WORK = 500_000
+
+
+def _openblas(package: str):
+    """ctypes handles of the OpenBLAS bundled in ``package``'s wheel (``<package>.libs``)."""
+    try:
+        module = __import__(package)
+    except ImportError:
+        return []
+    folder = os.path.join(os.path.dirname(os.path.dirname(module.__file__)), f"{package}.libs")
+    libs = []
+    for path in glob.glob(os.path.join(folder, "lib*openblas*.so*")):
+        try:
+            libs.append(ctypes.CDLL(path))
+        except OSError:
+            continue
+    return libs
+
+
+def _set(package: str, threads: int) -> bool:
+    done = False
+    for lib in _openblas(package):
+        for name in _SETTERS:
+            if hasattr(lib, name):
+                getattr(lib, name)(int(threads))
+                done = True
+                break
+    return done
+
+
+def single_thread_kernel_blas() -> None:
+    """The BLAS Numba's kernels call (SciPy's) runs on the calling thread only."""
+    _set("scipy", 1)
+
+
+def set_threads(threads: int) -> None:
+    """Threads for NumPy's BLAS (the whole-chunk products)."""
+    _set("numpy", max(1, threads))
+
+
+def auto_threads(hidden: int, vocab_size: int) -> int:
+    """All cores for large output layers, one thread for small ones."""
+    return (os.cpu_count() or 1) if hidden * vocab_size >= PARALLEL_MIN_WORK else 1

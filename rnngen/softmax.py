@@ -1,0 +1,157 @@
+"""Output layers: p(w | h) from the top-layer state h, exactly normalised.
+
+``full``   o = softmax(h V + c) over the whole vocabulary: 3·H·|V| multiply-adds per token
+           forward and backward.
+``class``  Mikolov et al. (2011): words are binned by frequency into C classes, each a
+           contiguous id range, and p(w | h) = p(class(w) | h) · p(w | class(w), h) — two
+           small softmaxes, about H·(C + |V|/C) per token. Still a proper distribution, so
+           scores and samples stay exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax_xent_grad(logits: np.ndarray, targets: np.ndarray, scale: float) -> np.ndarray:
+    """Per-row log p[target]; turns ``logits`` in place into scale * (softmax - onehot)."""
+    rows = np.arange(len(targets))
+    picked = logits[rows, targets]
+    m = logits.max(axis=1)
+    logits -= m[:, None]
+    np.exp(logits, out=logits)
+    z = logits.sum(axis=1)
+    logits *= (scale / z)[:, None].astype(logits.dtype)
+    logits[rows, targets] -= logits.dtype.type(scale)
+    return picked - m - np.log(z)
+
+
+def log_softmax_pick(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """log softmax(logits)[i, targets[i]] for each row, computed stably. Destroys logits."""
+    rows = np.arange(len(targets))
+    picked = logits[rows, targets]
+    m = logits.max(axis=1)
+    logits -= m[:, None]
+    np.exp(logits, out=logits)
+    return picked - m - np.log(logits.sum(axis=1))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(axis=-1, keepdims=True)
+    return logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
+
+
+def frequency_classes(counts: np.ndarray, n_classes: int) -> list[int]:
+    """Class boundaries over ids 0..V-1: each class holds about 1/C of the token mass
+    (frequency binning); returns C+1 increasing ids from 0 to V."""
+    V = len(counts)
+    if n_classes >= V:
+        return list(range(V + 1))
+    n_classes = max(1, n_classes)
+    cum = np.cumsum(np.asarray(counts, dtype=np.float64) + 1e-3)   # + epsilon: unseen ids
+    cut = np.searchsorted(cum / cum[-1], np.arange(1, n_classes) / n_classes, side="right") + 1
+    bounds = np.unique(np.concatenate(([0], np.clip(cut, 1, V - 1), [V])))
+    return [int(b) for b in bounds]
+
+
+class FullSoftmax:
+    def __init__(self, config):
+        self.tied = config.tie_weights
+
+    def param_shapes(self, config) -> dict:
+        shapes = {} if self.tied else {"out.W": (config.hidden, config.vocab_size)}
+        shapes["out.b"] = (config.vocab_size,)
+        return shapes
+
+    def weight(self, p):
+        """V of o = softmax(h V + c), shape (hidden, vocab); the embedding if tied."""
+        return p["embed"].T if self.tied else p["out.W"]
+
+    def _logits(self, p, top):
+        out = top @ self.weight(p)
+        out += p["out.b"]
+        return out
+
+    def logprobs(self, p, top, targets):
+        return log_softmax_pick(self._logits(p, top), targets)
+
+    def all_logprobs(self, p, top):
+        return log_softmax(self._logits(p, top))
+
+    def loss_grad(self, p, top, targets, scale):
+        """(log p[target] per row, dL/dtop, gradients) for L = -scale * sum log p."""
+        dlogits = self._logits(p, top)
+        logp = softmax_xent_grad(dlogits, targets, scale)
+        d_w = top.T @ dlogits
+        grads = {"out.b": dlogits.sum(axis=0)}
+        if self.tied:
+            grads["embed"] = d_w.T
+        else:
+            grads["out.W"] = d_w
+        return logp, dlogits @ self.weight(p).T, grads
+
+
+class ClassSoftmax(FullSoftmax):
+    def __init__(self, config):
+        super().__init__(config)
+        self.bounds = np.asarray(config.class_bounds, dtype=np.int64)
+        self.n_classes = len(self.bounds) - 1
+        self.word_class = np.repeat(np.arange(self.n_classes), np.diff(self.bounds))
+
+    def param_shapes(self, config) -> dict:
+        shapes = super().param_shapes(config)
+        shapes["cls.W"] = (config.hidden, self.n_classes)
+        shapes["cls.b"] = (self.n_classes,)
+        return shapes
+
+    def _groups(self, targets):
+        """(class, rows whose target is in it) for every class that occurs."""
+        cls = self.word_class[targets]
+        order = np.argsort(cls, kind="stable")
+        counts = np.bincount(cls, minlength=self.n_classes)
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        return cls, [(c, order[starts[c]:starts[c + 1]]) for c in np.flatnonzero(counts)]
+
+    def logprobs(self, p, top, targets):
+        cls, groups = self._groups(targets)
+        logp = log_softmax_pick(top @ p["cls.W"] + p["cls.b"], cls)      # log p(class | h)
+        W = self.weight(p)
+        for c, rows in groups:
+            s, e = self.bounds[c], self.bounds[c + 1]
+            logits = top[rows] @ W[:, s:e] + p["out.b"][s:e]
+            logp[rows] += log_softmax_pick(logits, targets[rows] - s)   # + log p(w | class, h)
+        return logp
+
+    def all_logprobs(self, p, top):
+        out = top @ self.weight(p) + p["out.b"]
+        cls_logp = log_softmax(top @ p["cls.W"] + p["cls.b"])
+        for c in range(self.n_classes):
+            s, e = self.bounds[c], self.bounds[c + 1]
+            out[:, s:e] = log_softmax(out[:, s:e]) + cls_logp[:, c:c + 1]
+        return out
+
+    def loss_grad(self, p, top, targets, scale):
+        cls, groups = self._groups(targets)
+        dcls = top @ p["cls.W"] + p["cls.b"]
+        logp = softmax_xent_grad(dcls, cls, scale)
+        dtop = dcls @ p["cls.W"].T
+        W = self.weight(p)
+        d_w = np.zeros_like(W)
+        d_b = np.zeros_like(p["out.b"])
+        for c, rows in groups:
+            s, e = self.bounds[c], self.bounds[c + 1]
+            h = top[rows]
+            dlogits = h @ W[:, s:e] + p["out.b"][s:e]
+            logp[rows] += softmax_xent_grad(dlogits, targets[rows] - s, scale)
+            d_w[:, s:e] += h.T @ dlogits
+            d_b[s:e] += dlogits.sum(axis=0)
+            dtop[rows] += dlogits @ W[:, s:e].T
+        grads = {"out.b": d_b, "cls.W": top.T @ dcls, "cls.b": dcls.sum(axis=0)}
+        if self.tied:
+            grads["embed"] = d_w.T
+        else:
+            grads["out.W"] = d_w
+        return logp, dtop, grads
+
+
+OUTPUTS = {"full": FullSoftmax, "class": ClassSoftmax}

@@ -1,0 +1,48 @@
+"""The class-factored softmax: exact gradients, and still a proper distribution."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from test_gradients import V, chunk_loss_check
+
+from rnngen.errors import RnngenError
+from rnngen.model import Model, ModelConfig
+from rnngen.score import stream_logprob
+from rnngen.softmax import frequency_classes
+
+BOUNDS = [0, 2, 5, V]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_class_softmax_gradients(tied):
+    chunk_loss_check(ModelConfig(vocab_size=V, hidden=4, embed=4, tie_weights=tied, softmax="class",
+                                 class_bounds=BOUNDS))
+
+
+def test_class_softmax_sums_to_one():
+    model = Model.init(ModelConfig(vocab_size=5, hidden=6, softmax="class", class_bounds=[0, 1, 3, 5]),
+                       seed=3, dtype=np.float64)
+    for v in model.params.values():
+        v *= 4.0
+    total = sum(math.exp(stream_logprob(model, s)[0]) for s in itertools.product(range(5), repeat=4))
+    assert total == pytest.approx(1.0, abs=1e-9)
+    top, _, _ = model.hidden_forward(np.zeros((1, 3), dtype=np.int32), model.zero_state(3))
+    full = model.next_logprobs(top[0])
+    assert np.allclose(np.exp(full).sum(axis=1), 1.0)
+    assert np.allclose(full[:, 3], [model.output.logprobs(model.params, top[0], np.array([3] * 3))])
+
+
+def test_frequency_binning():
+    counts = np.array([50, 10, 30, 20, 10, 5, 5, 5, 3, 2])
+    bounds = frequency_classes(counts, 4)
+    assert bounds[0] == 0 and bounds[-1] == 10 and bounds == sorted(set(bounds))
+    mass = [counts[a:b].sum() for a, b in zip(bounds, bounds[1:])]
+    assert max(mass) <= 80       # no class swallows most of the mass
+    assert frequency_classes(counts, 100) == list(range(11))
+
+
+def test_bad_bounds_refused():
+    with pytest.raises(RnngenError):
+        ModelConfig(vocab_size=5, softmax="class", class_bounds=[0, 3, 3, 5])
