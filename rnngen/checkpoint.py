@@ -8,17 +8,22 @@ Members:
     resume.optim.<name>   optimiser state                                  } written by
     resume.state          recurrent state carried into the next chunk      } `train`
 
-Loading uses ``allow_pickle=False`` and checks every member before it is used; writing
-goes to a temporary file in the same folder, fsync, then an atomic rename.
+Loading never unpickles and never trusts a size it has not checked: every member must be
+stored uncompressed, its .npy header must declare the dtype and shape the configuration
+implies, and its byte count must match, all before any array is allocated — so a hostile
+or damaged file costs at most its own size in memory. Writing goes to a temporary file in
+the same folder, fsync, then an atomic rename.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+import stat
+import uuid
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 
@@ -31,6 +36,29 @@ FORMAT = "rnngen-checkpoint"
 VERSION = 1
 MAX_META_BYTES = 256 << 20
 HEADER_SLACK = 4096     # bytes of .npy header allowed on top of an array's data
+READ_BLOCK = 1 << 20
+
+# JSON value checks, by the type names used in the config dataclasses and the records below.
+_INT_LIMIT = 1 << 63
+_KINDS = {
+    "int": lambda v: type(v) is int and -_INT_LIMIT < v < _INT_LIMIT,
+    "count": lambda v: type(v) is int and 0 <= v < _INT_LIMIT,
+    "float": lambda v: type(v) is float or (type(v) is int and -_INT_LIMIT < v < _INT_LIMIT),
+    "float|None": lambda v: v is None or _KINDS["float"](v),
+    "rate": lambda v: _KINDS["float"](v) and 0 < v < math.inf,
+    "bool": lambda v: type(v) is bool,
+    "str": lambda v: type(v) is str,
+    "dict": lambda v: type(v) is dict,
+}
+_KIND_NAMES = {"int": "an integer", "count": "a non-negative integer", "float": "a number",
+               "float|None": "a number or null",
+               "rate": "a positive number", "bool": "true or false", "str": "a string", "dict": "an object"}
+# What `rnngen info` reads from each history entry, and what --resume reads from progress.
+HISTORY_FIELDS = {"epoch": "count", "partial": "bool", "train_ppl": "float", "valid_ppl": "float|None",
+                  "lr": "float", "tokens_per_s": "float"}
+PROGRESS_FIELDS = {"epoch": "count", "chunk": "count", "step": "count", "lr": "rate", "best_valid": "float|None",
+                   "best_score": "float|None", "bad_epochs": "count", "epoch_nll": "float", "epoch_tokens": "count",
+                   "elapsed": "float", "rng": "dict", "data": "str"}
 
 
 @dataclass
@@ -43,28 +71,67 @@ class Checkpoint:
 
 
 def save(path: str, ckpt: Checkpoint) -> None:
-    """Write atomically: a crash at any moment leaves the previous file intact."""
+    """Write atomically: a crash at any moment leaves the previous file intact, and a
+    failed write (disk full, read-only folder) removes its temporary file and says so."""
     meta = {"format": FORMAT, "version": VERSION, "model": ckpt.model.config.to_json(),
             "vocab": ckpt.vocab.to_json(), "train": ckpt.train, "history": ckpt.history}
-    for k, v in ckpt.model.params.items():
-        if not np.all(np.isfinite(v)):
-            raise RnngenError(f"refusing to save {path}: parameter {k} is not finite")
     arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     arrays.update({f"param.{k}": v for k, v in ckpt.model.params.items()})
     if ckpt.resume:
         arrays.update({f"resume.{k}": v for k, v in ckpt.resume.items()})
+    for k, v in arrays.items():     # load() refuses them, so never write them
+        if k != "meta" and not np.all(np.isfinite(v)):
+            raise RnngenError(f"refusing to save {path}: {k} is not finite")
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    tmp = _temp_name(path)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # umask applies, unlike mkstemp
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise RnngenError(f"cannot write {path}: {exc.strerror or exc} "
+                              "(any previous checkpoint there is unchanged)") from None
         raise
+    _fsync_folder(folder)
+
+
+def check_writable(path: str, size: int = 0) -> None:
+    """Fail before training, not after it: the folder must take a test file, and (with
+    ``size``) have room for a checkpoint of that many bytes next to the current one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RnngenError(f"{path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise RnngenError(f"{path}: is a directory")
+    tmp = _temp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+        free = os.statvfs(folder)
+    except OSError as exc:
+        raise RnngenError(f"{path}: cannot write in {folder} ({exc.strerror or exc})") from None
+    if size > free.f_bavail * free.f_frsize:
+        raise RnngenError(f"{path}: {folder} has {free.f_bavail * free.f_frsize / 1e6:.1f} MB free, "
+                          f"a checkpoint needs about {size / 1e6:.1f} MB")
+
+
+def _temp_name(path: str) -> str:
+    folder, base = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _fsync_folder(folder: str) -> None:
     try:
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
@@ -81,9 +148,8 @@ def load(path: str) -> Checkpoint:
         return _load(path)
     except RnngenError as exc:
         raise RnngenError(f"{path}: {exc}") from None
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
-            zipfile.LargeZipFile, NotImplementedError, UnicodeDecodeError,
-            OverflowError, MemoryError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile,
+            NotImplementedError, OverflowError, MemoryError, RecursionError) as exc:
         raise RnngenError(f"{path}: not a valid rnngen checkpoint ({type(exc).__name__}: {exc})") from None
 
 
@@ -92,52 +158,139 @@ def _load(path: str) -> Checkpoint:
         raise RnngenError("no such file (train a model first: rnngen train CORPUS)")
     if os.path.isdir(path):
         raise RnngenError("is a directory, not a checkpoint")
-    if not zipfile.is_zipfile(path):
-        raise RnngenError("not an rnngen checkpoint (not an .npz archive)")
-    with zipfile.ZipFile(path) as zf:
-        sizes = {info.filename: info.file_size for info in zf.infolist()}
-    if "meta.npy" not in sizes:
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise RnngenError("not a regular file")
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise RnngenError(f"cannot read ({exc.strerror or exc})") from None
+    with fh:
+        if not zipfile.is_zipfile(fh):
+            raise RnngenError("not an rnngen checkpoint (not an .npz archive)")
+        with zipfile.ZipFile(fh) as zf:
+            return _read(zf, os.fstat(fh.fileno()).st_size)
+
+
+def _read(zf: zipfile.ZipFile, file_size: int) -> Checkpoint:
+    members = _members(zf, file_size)
+    if "meta" not in members:
         raise RnngenError("not an rnngen checkpoint (no meta member)")
-    if sizes["meta.npy"] > MAX_META_BYTES:
+    if members["meta"].file_size > MAX_META_BYTES:
         raise RnngenError("meta member is implausibly large")
-    with np.load(path, allow_pickle=False) as npz:
-        meta = _read_meta(npz["meta"])
-        config = ModelConfig.from_json(_dict(meta, "model"))
-        vocab = Vocab.from_json(_dict(meta, "vocab"))
-        if config.vocab_size != len(vocab):
-            raise RnngenError(f"model expects {config.vocab_size} tokens, vocabulary has {len(vocab)}")
-        shapes = config.param_shapes()
-        expected = {f"param.{k}": s for k, s in shapes.items()}
-        train = _dict(meta, "train")
-        resume_shapes = _resume_shapes(config, shapes, train) if "resume.state.npy" in sizes else {}
-        expected.update(resume_shapes)
-        names = {n[:-4] if n.endswith(".npy") else n for n in sizes}
-        unexpected = sorted(names - set(expected) - {"meta"})
-        if unexpected:
-            raise RnngenError(f"unexpected member {unexpected[0]!r}")
-        for name, shape in expected.items():
-            if name not in names:
-                raise RnngenError(f"missing array {name!r}")
-            if sizes[name + ".npy"] > 4 * int(np.prod(shape)) + HEADER_SLACK:
-                raise RnngenError(f"array {name!r} is larger than its shape {shape} allows")
-        arrays = {name: _checked(npz[name], name, shape) for name, shape in expected.items()}
-    params = {k: arrays[f"param.{k}"] for k in shapes}
-    resume = {k[len("resume."):]: v for k, v in arrays.items() if k.startswith("resume.")} or None
+    meta = _read_meta(_read_array(zf, members["meta"], np.uint8))
+    model_json, vocab_json, train = _dict(meta, "model"), _dict(meta, "vocab"), _dict(meta, "train")
+    _check_fields(model_json, ModelConfig, "model")
+    config = ModelConfig.from_json(model_json)
+    vocab = _vocab(vocab_json)
+    if config.vocab_size != len(vocab):
+        raise RnngenError(f"model expects {config.vocab_size} tokens, vocabulary has {len(vocab)}")
+    from .train import TrainConfig
+
+    _check_fields(train, TrainConfig, "train")
     history = meta.get("history", [])
     if not isinstance(history, list):
         raise RnngenError("history must be a list")
+    for i, entry in enumerate(history):
+        _check_record(entry, HISTORY_FIELDS, f"history entry {i + 1}")
+    if config.layers > len(members):         # each layer has its own members: bounds the loops below
+        raise RnngenError(f"model config declares {config.layers} layers, the file cannot hold them")
+    shapes = config.param_shapes()
+    expected = {f"param.{k}": s for k, s in shapes.items()}
+    _check_sizes(members, expected)             # before _resume_shapes allocates like-sized arrays
+    if any(name.startswith("resume.") for name in members):
+        train_config = TrainConfig.from_json(train)
+        _check_record(train.get("progress"), PROGRESS_FIELDS, "train progress")
+        _check_rng(train["progress"]["rng"])
+        resume_shapes = _resume_shapes(config, shapes, train_config)
+        _check_sizes(members, resume_shapes)
+        expected.update(resume_shapes)
+    unexpected = sorted(set(members) - set(expected) - {"meta"})
+    if unexpected:
+        raise RnngenError(f"unexpected member {unexpected[0]!r}")
+    arrays = {name: _finite(_read_array(zf, members[name], np.float32, shape), name)
+              for name, shape in expected.items()}
+    params = {k: arrays[f"param.{k}"] for k in shapes}
+    resume = {k[len("resume."):]: v for k, v in arrays.items() if k.startswith("resume.")} or None
     return Checkpoint(Model(config, params), vocab, train, history, resume)
 
 
+def _members(zf: zipfile.ZipFile, file_size: int) -> dict[str, zipfile.ZipInfo]:
+    """The archive's .npy members by array name. Stored (uncompressed) members that do not
+    overlap cannot claim more bytes than the file holds: no zip bomb gets through."""
+    members: dict[str, zipfile.ZipInfo] = {}
+    total = 0
+    for info in zf.infolist():
+        name = info.filename
+        if not name.endswith(".npy"):
+            raise RnngenError(f"unexpected member {name!r}")
+        if name[:-4] in members:
+            raise RnngenError(f"member {name!r} appears twice")
+        if info.flag_bits & 0x1:
+            raise RnngenError(f"member {name!r} is encrypted")
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise RnngenError(f"member {name!r} is compressed (rnngen checkpoints are uncompressed .npz files)")
+        total += info.file_size
+        if total > file_size:
+            raise RnngenError("members claim more bytes than the file holds")
+        members[name[:-4]] = info
+    return members
+
+
+def _check_sizes(members: dict, expected: dict) -> None:
+    for name, shape in expected.items():
+        if name not in members:
+            raise RnngenError(f"missing array {name!r}")
+        need = 4 * math.prod(shape)
+        if not need <= members[name].file_size <= need + HEADER_SLACK:
+            raise RnngenError(f"array {name!r} has {members[name].file_size} bytes, "
+                              f"its shape {tuple(shape)} needs {need}")
+
+
+def _read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dtype, shape: tuple | None = None) -> np.ndarray:
+    """One .npy member, its header checked against ``dtype`` and ``shape`` (None: any 1-D)
+    and its byte count against the member's size before the array is allocated."""
+    name = info.filename[:-4]
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise RnngenError(f"array {name!r} has unsupported .npy version {version}")
+        if got_dtype != dtype:
+            raise RnngenError(f"array {name!r} has dtype {got_dtype}, expected {np.dtype(dtype).name}")
+        if shape is None:
+            if len(got_shape) != 1:
+                raise RnngenError(f"array {name!r} must be 1-D")
+        elif got_shape != tuple(shape):
+            raise RnngenError(f"array {name!r} has shape {got_shape}, expected {tuple(shape)}")
+        nbytes = math.prod(got_shape) * got_dtype.itemsize
+        if info.file_size - fh.tell() != nbytes:
+            raise RnngenError(f"array {name!r} holds {info.file_size - fh.tell()} bytes of data, "
+                              f"its shape needs {nbytes}")
+        arr = np.empty(got_shape[::-1] if fortran else got_shape, dtype=dtype)
+        buf = memoryview(arr.reshape(-1).view(np.uint8))
+        pos = 0
+        while pos < nbytes:     # reading to the end also makes zipfile verify the CRC
+            block = fh.read(min(READ_BLOCK, nbytes - pos))
+            if not block:
+                raise RnngenError(f"array {name!r} is truncated")
+            buf[pos:pos + len(block)] = block
+            pos += len(block)
+    return np.ascontiguousarray(arr.T) if fortran else arr
+
+
 def _read_meta(arr: np.ndarray) -> dict:
-    if arr.dtype != np.uint8 or arr.ndim != 1:
-        raise RnngenError("meta member must be a 1-D uint8 array of JSON text")
-    meta = json.loads(arr.tobytes().decode("utf-8"))
+    try:
+        meta = json.loads(arr.tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise RnngenError(f"meta is not valid UTF-8 JSON ({type(exc).__name__})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise RnngenError("not an rnngen checkpoint (unknown format)")
     version = meta.get("version")
-    if not isinstance(version, int) or version < 1:
-        raise RnngenError(f"unknown checkpoint version {version!r}")
+    if not _KINDS["count"](version) or version < 1:
+        raise RnngenError(f"unknown checkpoint version {str(version)[:20]!r}")
     if version > VERSION:
         raise RnngenError(f"written by a newer rnngen (format version {version}; "
                           f"this rnngen reads up to {VERSION}): upgrade rnngen")
@@ -151,26 +304,56 @@ def _dict(meta: dict, key: str) -> dict:
     return value
 
 
-def _resume_shapes(config: ModelConfig, shapes: dict, train: dict) -> dict:
+def _check_record(data, kinds: dict, what: str) -> None:
+    if not isinstance(data, dict):
+        raise RnngenError(f"{what} must be an object")
+    for key, kind in kinds.items():
+        if key not in data:
+            raise RnngenError(f"{what} lacks {key!r}")
+        if not _KINDS[kind](data[key]):
+            raise RnngenError(f"{what}: {key!r} must be {_KIND_NAMES[kind]}, not {type(data[key]).__name__}")
+
+
+def _check_fields(data: dict, cls, what: str) -> None:
+    """JSON types of a config dataclass's fields, checked before the dataclass compares,
+    multiplies or allocates with them (a float, string, bool or 2**100 as a size)."""
+    for f in fields(cls):
+        if f.name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise RnngenError(f"{what} config lacks {f.name!r}")
+        elif f.type in _KINDS and not _KINDS[f.type](data[f.name]):
+            raise RnngenError(f"{what} config: {f.name!r} must be {_KIND_NAMES[f.type]}, "
+                              f"not {type(data[f.name]).__name__}")
+
+
+def _vocab(data: dict) -> Vocab:
+    _check_record(data, {"unit": "str", "lowercase": "bool"}, "vocabulary")
+    tokens = data.get("tokens")
+    if not isinstance(tokens, list) or not all(type(t) is str for t in tokens):
+        raise RnngenError("vocabulary tokens must be a list of strings")
+    return Vocab(unit=data["unit"], lowercase=data["lowercase"], tokens=tokens)
+
+
+def _check_rng(state: dict) -> None:
+    try:
+        np.random.default_rng().bit_generator.state = state
+    except (ValueError, TypeError, KeyError, OverflowError):
+        raise RnngenError("train progress: 'rng' is not a valid random-generator state") from None
+
+
+def _resume_shapes(config: ModelConfig, shapes: dict, train) -> dict:
     from .optim import make_optimizer  # the optimiser defines which state arrays exist
 
-    batch = train.get("batch_size")
-    if not isinstance(batch, int) or batch < 1:
-        raise RnngenError("resume state without a valid batch size")
-    dummies = {k: np.empty(s, dtype=np.float32) for k, s in shapes.items()}
-    optim = make_optimizer(str(train.get("optimizer", "")), dummies)
+    dummies = {k: np.zeros(s, dtype=np.float32) for k, s in shapes.items()}
+    optim = make_optimizer(train.optimizer, dummies)
     out = {f"resume.param.{k}": s for k, s in shapes.items()}
     out.update({f"resume.optim.{k}": v.shape for k, v in optim.state.items()})
     parts = make_cell(config.cell).state_parts
-    out["resume.state"] = (config.layers, parts, batch, config.hidden)
+    out["resume.state"] = (config.layers, parts, train.batch_size, config.hidden)
     return out
 
 
-def _checked(arr: np.ndarray, name: str, shape: tuple) -> np.ndarray:
-    if arr.dtype != np.float32:
-        raise RnngenError(f"array {name!r} has dtype {arr.dtype}, expected float32")
-    if arr.shape != tuple(shape):
-        raise RnngenError(f"array {name!r} has shape {arr.shape}, expected {tuple(shape)}")
+def _finite(arr: np.ndarray, name: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise RnngenError(f"array {name!r} holds NaN or infinite values")
-    return np.ascontiguousarray(arr)
+    return arr

@@ -10,6 +10,9 @@ import sys
 import click
 
 MODEL_HELP = "Checkpoint to use (default: $RNNGEN_MODEL, else model.npz)."
+# Limits of one invocation, counted over the whole run: a --resume does not inherit them.
+RUN_LIMITS = ("max_steps", "max_time")
+SEED = click.IntRange(0, 2**63 - 1)
 
 
 def model_option(f):
@@ -41,36 +44,45 @@ def cli():
 @click.argument("corpus", nargs=-1, required=True)
 @click.option("-o", "--output", default="model.npz", show_default=True, help="Checkpoint to write.")
 @click.option("--valid", "valid_path", help="Validation text file (default: hold out the end of the corpus).")
-@click.option("--valid-fraction", type=float, default=0.1, show_default=True,
+@click.option("--valid-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Fraction of lines held out for validation when --valid is not given.")
 @click.option("--unit", type=click.Choice(["word", "char"]), default="word", show_default=True,
               help="Tokens are whitespace-separated words or single characters.")
 @click.option("--lowercase", is_flag=True, help="Lowercase the text before tokenising.")
-@click.option("--vocab-size", type=int, default=0, help="Keep the N most frequent tokens (+ <eos>, <unk>); 0 = all.")
-@click.option("--min-count", type=int, default=1, show_default=True, help="Drop tokens seen fewer times.")
-@click.option("--cell", type=click.Choice(["rnn"]), default="rnn", show_default=True, help="Recurrent cell.")
-@click.option("--hidden", type=int, default=128, show_default=True, help="Hidden units per layer.")
-@click.option("--layers", type=int, default=1, show_default=True, help="Stacked recurrent layers.")
-@click.option("--embed", type=int, default=0, help="Embedding size (default: --hidden).")
+@click.option("--vocab-size", type=click.IntRange(min=0), default=0,
+              help="Keep the N most frequent tokens (+ <eos>, <unk>); 0 = all.")
+@click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Drop tokens seen fewer times.")
+@click.option("--cell", type=click.Choice(["rnn", "gru", "lstm"]), default="rnn", show_default=True,
+              help="Recurrent cell.")
+@click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True, help="Hidden units per layer.")
+@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Stacked recurrent layers.")
+@click.option("--embed", type=click.IntRange(min=0), default=0, help="Embedding size (default: --hidden).")
 @click.option("--activation", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True,
               help="Non-linearity of the vanilla RNN.")
-@click.option("--dropout", type=float, default=0.0, show_default=True,
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Dropout on non-recurrent connections.")
 @click.option("--tie-weights", is_flag=True, help="Share the embedding with the output layer.")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=20, show_default=True)
-@click.option("--bptt", type=int, default=35, show_default=True, help="Time steps per truncated-BPTT chunk.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--bptt", type=click.IntRange(min=1), default=35, show_default=True,
+              help="Time steps per truncated-BPTT chunk.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "adam"]), default="adam", show_default=True)
-@click.option("--lr", type=float, default=0.0, help="Learning rate (default: sgd 1, adagrad 0.1, adam 0.002).")
-@click.option("--lr-decay", type=float, default=0.5, show_default=True,
+@click.option("--lr", type=click.FloatRange(min=0), default=0.0,
+              help="Learning rate (default: sgd 1, adagrad 0.1, adam 0.002).")
+@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="Multiply the learning rate by this when validation stops improving.")
-@click.option("--clip", type=float, default=5.0, show_default=True, help="Global gradient-norm clip (0: off).")
-@click.option("--patience", type=int, default=0, help="Stop after N epochs without improvement (0: never).")
-@click.option("--max-time", type=float, default=0.0, help="Stop after this many seconds of training.")
-@click.option("--max-steps", type=int, default=0, help="Stop after this many optimiser steps.")
-@click.option("--checkpoint-every", type=float, default=600.0, show_default=True,
+@click.option("--clip", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Global gradient-norm clip (0: off).")
+@click.option("--patience", type=click.IntRange(min=0), default=0,
+              help="Stop after N epochs without improvement (0: never).")
+@click.option("--max-time", type=click.FloatRange(min=0), default=0.0,
+              help="Stop once the run has trained this many seconds in all (not inherited by --resume).")
+@click.option("--max-steps", type=click.IntRange(min=0), default=0,
+              help="Stop once the run has taken this many optimiser steps in all (not inherited by --resume).")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=600.0, show_default=True,
               help="Seconds between periodic checkpoints.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and dropout.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for initialisation and dropout.")
 @click.option("--resume", "resume_path", help="Continue the run saved in this checkpoint.")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
               help="What to do with bytes that are not UTF-8.")
@@ -87,76 +99,86 @@ def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, voca
       rnngen train --unit char --hidden 256 shakespeare.txt -o shakes.npz
       rnngen train ptb.train.txt --valid ptb.valid.txt --optimizer sgd --lr 1 --hidden 200
       rnngen train corpus.txt --resume model.npz --epochs 20   # continue a run
-    """
-    from .model import ModelConfig
-    from .train import TrainConfig, prepare_data, train as run_training
 
+    Ctrl-C or SIGTERM stops at the end of the current chunk, saves the state to resume
+    from and prints the command that resumes; a second Ctrl-C quits at once. The state is
+    also saved every --checkpoint-every seconds, always atomically. A NaN or infinite loss
+    goes back to the last saved state with half the learning rate (at most 3 times in a row).
+    """
+    from .checkpoint import check_writable
+    from .errors import RnngenError
+    from .model import ModelConfig
+    from .train import TrainConfig, TrainingInterrupted, prepare_data
+    from .train import train as run_training
+
+    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    check_writable(output)                              # before minutes of reading and training
     resume = None
     if resume_path:
         resume = _load(resume_path)
+        if resume.resume is None:
+            raise RnngenError(f"{resume_path}: holds no training state to resume from")
         saved = dict(resume.train)
         saved.pop("progress", None)
         for name, value in train_options.items():       # options given now win over saved ones
-            if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+            if name in RUN_LIMITS or ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
                 saved[name] = value
         config = TrainConfig.from_json(saved)
         model_config = resume.model.config
         vocab, train_ids, valid_ids = prepare_data(list(corpus), valid_path, valid_fraction,
-                                                   encoding_errors=encoding_errors, vocab=resume.vocab)
+                                                   encoding_errors=encoding_errors, vocab=resume.vocab, log=log)
     else:
         config = TrainConfig(**train_options)
         vocab, train_ids, valid_ids = prepare_data(list(corpus), valid_path, valid_fraction, unit, lowercase,
-                                                   vocab_size, min_count, encoding_errors)
+                                                   vocab_size, min_count, encoding_errors, log=log)
         model_config = ModelConfig(vocab_size=len(vocab), cell=cell, hidden=hidden, layers=layers, embed=embed,
                                    activation=activation, dropout=dropout, tie_weights=tie_weights)
-    _check_writable(output)
-    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     log(f"rnngen: {len(train_ids):,} training tokens, "
         f"{len(valid_ids) if valid_ids is not None else 0:,} validation tokens, vocabulary {len(vocab):,}")
-    from .train import TrainingInterrupted
-
     try:
         run_training(train_ids, valid_ids, vocab, model_config, config, output, resume=resume, log=log,
                      progress=not quiet and sys.stderr.isatty())
     except TrainingInterrupted as exc:
         import signal
 
-        args = " ".join(_quote(a) for a in corpus)
-        click.echo(f"rnngen: interrupted at {exc}; saved {output}. Resume with: "
-                   f"rnngen train {args} --resume {_quote(output)} -o {_quote(output)}", err=True)
-        sys.exit(128 + (exc.signum or signal.SIGINT))
+        for sig in (signal.SIGINT, signal.SIGTERM):     # saved: another one could only garble the exit
+            signal.signal(sig, signal.SIG_IGN)
+        # Everything the saved state does not pin down goes into the command: the data
+        # options (the resumed data must be the same) and this run's limits.
+        cmd = ["rnngen", "train", *corpus]
+        if valid_path:
+            cmd += ["--valid", valid_path]
+        if ctx.get_parameter_source("valid_fraction") != click.core.ParameterSource.DEFAULT:
+            cmd += ["--valid-fraction", str(valid_fraction)]
+        if encoding_errors != "strict":
+            cmd += ["--encoding-errors", encoding_errors]
+        cmd += [f"--{name.replace('_', '-')}={getattr(config, name)}" for name in RUN_LIMITS if getattr(config, name)]
+        cmd += ["-q"] if quiet else []
+        cmd += ["--resume", output, "-o", output]
+        click.echo(f"rnngen: interrupted at {exc}; saved {output}. Resume with: {_shell_join(cmd)}", err=True)
+        sys.exit(128 + exc.signum)
     log(f"rnngen: saved {output}")
 
 
-def _quote(s: str) -> str:
+def _shell_join(args: list[str]) -> str:
     import shlex
 
-    return shlex.quote(s)
-
-
-def _check_writable(output: str) -> None:
-    from .errors import RnngenError
-
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise RnngenError(f"{output}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise RnngenError(f"{output}: folder {folder} is not writable")
-    if os.path.isdir(output):
-        raise RnngenError(f"{output}: is a directory")
+    return " ".join(shlex.quote(a) for a in args)
 
 
 @cli.command()
 @model_option
-@click.option("-n", "--n", "n", type=int, default=10, show_default=True, help="Lines to generate.")
-@click.option("-t", "--temperature", type=float, default=1.0, show_default=True,
+@click.option("-n", "--n", "n", type=click.IntRange(min=0), default=10, show_default=True, help="Lines to generate.")
+@click.option("-t", "--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Softmax temperature; 0 = always the most likely token.")
-@click.option("--top-k", type=int, default=0, help="Sample only among the K most likely tokens (0: all).")
-@click.option("--top-p", type=float, default=1.0, show_default=True,
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Sample only among the K most likely tokens (default: all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Sample only from the smallest set of tokens holding this much probability.")
 @click.option("--prime", default="", help="Text to continue.")
-@click.option("--max-length", type=int, default=100, show_default=True, help="Longest line, in tokens.")
-@click.option("--seed", type=int, default=None, help="Seed for reproducible samples (default: random).")
+@click.option("--max-length", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Longest line, in tokens.")
+@click.option("--seed", type=SEED, default=None, help="Seed for reproducible samples (default: random).")
 def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed):
     """Generate lines of text, one per line on stdout.
 
@@ -167,11 +189,15 @@ def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed):
       rnngen sample -m shakes.npz --max-length 300 --top-p 0.9
     """
     from .sample import sample as run_sample
+    from .textio import decode_arg
 
+    prime = decode_arg(prime, "--prime")
     ckpt = _load(model_path)
-    for line in run_sample(ckpt.model, ckpt.vocab, n, temperature, top_k, top_p, prime, max_length, seed):
-        sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    if top_k is not None and top_k > len(ckpt.vocab):
+        raise click.BadParameter(f"{top_k} is more than the vocabulary's {len(ckpt.vocab)} tokens.",
+                                 ctx=click.get_current_context(), param_hint="'--top-k'")
+    lines = run_sample(ckpt.model, ckpt.vocab, n, temperature, top_k or 0, top_p, prime, max_length, seed)
+    _write("".join(line + "\n" for line in lines))
 
 
 @cli.command()
@@ -187,7 +213,9 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
 
     With no SENTENCE, or -, reads one sentence per line from stdin and writes each result
     as soon as its line is read. The log-probability is natural-log and includes the
-    end-of-line token; the token count includes it too.
+    end-of-line token; the token count includes it too. An empty SENTENCE argument is an
+    error, but an empty line on stdin is scored (as the end-of-line token alone), so the
+    output stays aligned with the input line for line.
 
     \b
     Examples:
@@ -196,16 +224,16 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
       rnngen score --format jsonl --per-token "the dog barks ."
       rnngen score --stream valid.txt          # perplexity of a whole file
     """
+    from .errors import RnngenError
     from .score import score_lines, stream_logprob
-    from .textio import read_text
+    from .textio import decode_arg, read_lines
 
+    sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
     ckpt = _load(model_path)
     model, vocab = ckpt.model, ckpt.vocab
     totals = [0.0, 0]
     if stream_path:
-        lines = read_text(stream_path, encoding_errors).split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
+        lines = read_lines(stream_path, encoding_errors)
         ids = vocab.encode_stream(lines)
         logprob, count = stream_logprob(model, ids)
         from .score import SentenceScore
@@ -214,6 +242,10 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
         _emit([SentenceScore(stream_path, logprob, count, oov)], fmt, per_token)
         totals = [logprob, count]
     elif sentences and sentences != ("-",):
+        for i, sentence in enumerate(sentences):
+            if not len(vocab.encode_line(sentence)[0]):
+                raise RnngenError(f"sentence {i + 1} is empty (to score the end-of-line token alone, "
+                                  "give an empty line on stdin: echo | rnngen score -)")
         for results in (score_lines(model, vocab, list(sentences), per_token),):
             _emit(results, fmt, per_token)
             totals = [sum(r.logprob for r in results), sum(r.tokens for r in results)]
@@ -243,38 +275,58 @@ def _emit(results, fmt: str, per_token: bool) -> None:
             if per_token:
                 cols.append(" ".join(f"{t}:{lp:.4f}" for t, lp in r.token_logprobs))
             out.append("\t".join(cols))
-    sys.stdout.write("".join(line + "\n" for line in out))
-    sys.stdout.flush()
+    _write("".join(line + "\n" for line in out))
+
+
+class _ReaderGone(Exception):
+    """Stdout's reader went away (``| head``). Raised instead of BrokenPipeError, which
+    click would turn into exit status 1."""
+
+
+def _write(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise _ReaderGone from None
 
 
 def _stdin_line_batches(encoding_errors: str):
     """Yield lists of complete lines from stdin as they arrive: whatever is already
-    available is scored together (fast on files), a lone line is scored at once (tail -f)."""
+    available is scored together (fast on files), a lone line is scored at once (tail -f).
+    A line's pieces are joined only once it is complete: linear time on one huge line."""
     import codecs
 
     from .errors import RnngenError
 
     decoder = codecs.getincrementaldecoder("utf-8")(errors=encoding_errors)
     stream = sys.stdin.buffer
-    pending, offset = "", 0
+    pending: list[str] = []
+    offset, started = 0, False
     while True:
         data = stream.read1(1 << 16) if hasattr(stream, "read1") else stream.read(1 << 16)
+        held = len(decoder.getstate()[0])     # bytes of a character split by the previous read
         try:
             text = decoder.decode(data, final=not data)
         except UnicodeDecodeError as exc:
-            raise RnngenError(f"<stdin>: not valid UTF-8 at byte offset {offset + exc.start} "
+            raise RnngenError(f"<stdin>: not valid UTF-8 at byte offset {offset - held + exc.start} "
                               "(pass --encoding-errors replace to go on)") from None
         offset += len(data)
+        if text and not started:
+            text, started = text.removeprefix("\ufeff"), True
         if "\x00" in text:
             raise RnngenError("<stdin>: looks like binary data (NUL byte)")
-        pending += text.replace("\r\n", "\n")
         if not data:
-            if pending:
-                yield [pending.rstrip("\r")]
+            last = "".join(pending)
+            if last:
+                yield [last.removesuffix("\r")]
             return
-        *lines, pending = pending.split("\n")
-        if lines:
-            yield lines
+        if "\n" not in text:
+            pending.append(text)
+            continue
+        first, *lines, last = text.split("\n")
+        yield [line.removesuffix("\r") for line in ["".join(pending) + first, *lines]]
+        pending = [last]
 
 
 @cli.command()
@@ -283,19 +335,20 @@ def info(model_path):
     """Show a checkpoint's configuration, vocabulary, size and training history."""
     ckpt = _load(model_path)
     cfg = ckpt.model.config
-    click.echo(f"model       {model_path}")
-    click.echo(f"cell        {cfg.cell} ({cfg.activation})" if cfg.cell == "rnn" else f"cell        {cfg.cell}")
-    click.echo(f"layers      {cfg.layers} x {cfg.hidden} hidden, embedding {cfg.embed_size}"
+    out = [f"model       {model_path}"]
+    out.append(f"cell        {cfg.cell} ({cfg.activation})" if cfg.cell == "rnn" else f"cell        {cfg.cell}")
+    out.append(f"layers      {cfg.layers} x {cfg.hidden} hidden, embedding {cfg.embed_size}"
                f"{', tied' if cfg.tie_weights else ''}, dropout {cfg.dropout:g}")
-    click.echo(f"vocabulary  {len(ckpt.vocab):,} {ckpt.vocab.unit}s{' (lowercased)' if ckpt.vocab.lowercase else ''}")
-    click.echo(f"parameters  {ckpt.model.num_params():,}")
+    out.append(f"vocabulary  {len(ckpt.vocab):,} {ckpt.vocab.unit}s{' (lowercased)' if ckpt.vocab.lowercase else ''}")
+    out.append(f"parameters  {ckpt.model.num_params():,}")
     train = {k: v for k, v in ckpt.train.items() if k != "progress"}
     if train:
-        click.echo("training    " + " ".join(f"{k}={v}" for k, v in train.items()))
+        out.append("training    " + " ".join(f"{k}={v}" for k, v in train.items()))
     for h in ckpt.history:
         valid = f"{h['valid_ppl']:.2f}" if h.get("valid_ppl") is not None else "-"
-        click.echo(f"epoch {h['epoch']:3d}{'*' if h.get('partial') else ' '} train ppl {h['train_ppl']:.2f}  "
+        out.append(f"epoch {h['epoch']:3d}{'*' if h.get('partial') else ' '} train ppl {h['train_ppl']:.2f}  "
                    f"valid ppl {valid}  lr {h['lr']:.4g}  {h['tokens_per_s']:.0f} tok/s")
+    _write("".join(line + "\n" for line in out))
 
 
 def main(argv=None) -> None:
@@ -307,22 +360,33 @@ def main(argv=None) -> None:
         cli.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:   # bare `rnngen`: the help, as click shows it
+        exc.show()
+        sys.exit(2)
     except click.UsageError as exc:
         cmd = exc.ctx.command_path if exc.ctx else prog
-        click.echo(f"{cmd}: error: {exc.format_message()} (see '{cmd} --help')", err=True)
+        _error(cmd, f"{exc.format_message()} (see '{cmd} --help')")
         sys.exit(2)
     except click.Abort:
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"{prog}: error: {exc.format_message()}", err=True)
+        _error(prog, exc.format_message())
         sys.exit(exc.exit_code)
     except RnngenError as exc:
-        click.echo(f"{prog}: error: {exc}", err=True)
+        _error(prog, str(exc))
+        sys.exit(1)
+    except MemoryError:
+        _error(prog, "out of memory (try a smaller model, --batch-size or --vocab-size)")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except BrokenPipeError:
-        # The reader went away (`| head`): be quiet, as shell tools are.
+    except _ReaderGone:
+        # Quiet, as shell tools are. Pointing stdout at /dev/null keeps the interpreter's
+        # final flush of what is still buffered from failing again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(141)
+
+
+def _error(prefix: str, message: str) -> None:
+    click.echo(f"{prefix}: error: {' '.join(message.split())}", err=True)

@@ -43,6 +43,16 @@ def decode(data: bytes, name: str, encoding_errors: str = "strict") -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def decode_arg(text: str, name: str, encoding_errors: str = "strict") -> str:
+    """A command-line argument as UTF-8 text. Python keeps bytes that are not UTF-8 as
+    lone surrogates, which would fail only later, when the text is printed."""
+    try:
+        return os.fsencode(text).decode("utf-8", errors=encoding_errors)
+    except UnicodeDecodeError as exc:
+        raise RnngenError(f"{name}: not valid UTF-8 at byte offset {exc.start} "
+                          "(is the terminal set to UTF-8?)") from None
+
+
 def read_lines(path: str, encoding_errors: str = "strict") -> list[str]:
     """Lines of a corpus file without their newlines; refuses a file with no text."""
     text = read_text(path, encoding_errors)

@@ -14,8 +14,8 @@ import signal
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Callable
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from .checkpoint import Checkpoint
 from .errors import RnngenError
 from .model import Model, ModelConfig
 from .optim import DEFAULT_LR, OPTIMIZERS, clip_global_norm, make_optimizer
-from .score import perplexity
+from .score import stream_logprob
 from .vocab import Vocab
 
 
@@ -61,7 +61,7 @@ class TrainConfig:
             self.lr = DEFAULT_LR[self.optimizer]
 
     @classmethod
-    def from_json(cls, data: dict) -> "TrainConfig":
+    def from_json(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -72,6 +72,9 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int, where: str):
         super().__init__(where)
         self.signum = signum
+
+
+MAX_RECOVERIES = 3      # divergences in a row (each halving the learning rate) before giving up
 
 
 def batchify(ids: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +91,7 @@ def fingerprint(ids: np.ndarray) -> str:
 
 class _Signals:
     """First SIGINT/SIGTERM sets a flag (training stops at the chunk border and saves);
-    a second SIGINT exits at once — the atomic checkpoint write keeps files intact."""
+    a second one exits at once — the atomic checkpoint write keeps files intact."""
 
     def __init__(self):
         self.received: int | None = None
@@ -103,9 +106,12 @@ class _Signals:
         return self
 
     def handle(self, signum, frame):
-        if self.received is not None:
+        if self.received is None:
+            self.received = signum
+        elif signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.received = signum
+        else:
+            raise SystemExit(128 + signum)
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -114,6 +120,16 @@ class _Signals:
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _ppl(nll: float, tokens: int) -> float:
+    """exp(nll / tokens), inf rather than OverflowError for a model that is far off."""
+    x = nll / max(tokens, 1)
+    return math.exp(x) if x < 709 else math.inf
+
+
+def _finite(*groups: dict) -> bool:
+    return all(np.isfinite(v).all() for g in groups for v in g.values())
 
 
 def _fmt_time(seconds: float) -> str:
@@ -130,6 +146,9 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
 
     With ``resume`` the model, vocabulary, optimiser state, position in the data, learning
     rate, RNG stream and history continue from that checkpoint; ``model_config`` is ignored.
+    A NaN or infinite loss (or perplexity), gradient or weight sends training back to the
+    last state it saved (or started from) with half the learning rate, up to MAX_RECOVERIES
+    times in a row.
     """
     train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
     batch_size = min(config.batch_size, max(1, len(train_ids) - 1))
@@ -142,7 +161,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     n_chunks = math.ceil(len(inputs) / config.bptt)
 
     if resume is not None:
-        model, best, history, progress_state = _restore(resume, config, train_ids)
+        model, best, history, progress_state = _restore(resume, config, train_ids, n_chunks)
         vocab = resume.vocab
     else:
         model = Model.init(model_config, seed=config.seed)
@@ -158,10 +177,14 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
         optim.load_state({k[len("optim."):]: v for k, v in resume.resume.items() if k.startswith("optim.")},
                          progress_state["step"])
         state[...] = resume.resume["state"]
+    params_bytes = sum(v.nbytes for v in model.params.values())
+    checkpoint.check_writable(output, 2 * params_bytes + sum(v.nbytes for v in optim.state.values())
+                              + state.nbytes + sum(len(t) + 4 for t in vocab.tokens) + (1 << 16))
     rng = np.random.default_rng()
     rng.bit_generator.state = progress_state["rng"]
     ps = progress_state
     ps["done"] = False
+    good: dict = {}
 
     def snapshot() -> Checkpoint:
         ps["rng"] = rng.bit_generator.state
@@ -171,15 +194,50 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
         best_model = Model(model.config, best) if best is not None else model
         return Checkpoint(best_model, vocab, {**asdict(config), "progress": dict(ps)}, history, resume_arrays)
 
+    def remember():
+        """Keep a copy of the state just saved (or started from) to go back to on divergence."""
+        good.update(params={k: v.copy() for k, v in model.params.items()},
+                    optim={k: v.copy() for k, v in optim.state.items()}, state=state.copy(),
+                    ps={**ps, "rng": rng.bit_generator.state}, history=len(history), best=best, failures=0)
+
     def save():
         checkpoint.save(output, snapshot())
+        remember()
+
+    def sound() -> bool:
+        return _finite(model.params, optim.state, {"state": state})
+
+    def recover(problem: str):
+        """Go back to the last good state with the learning rate halved, or give up."""
+        nonlocal state, best
+        good["failures"] += 1
+        if good["failures"] > MAX_RECOVERIES:
+            raise RnngenError(f"training diverged ({problem}) again after halving the learning rate "
+                              f"{MAX_RECOVERIES} times; try a lower --lr or a smaller --clip")
+        for k, v in good["params"].items():
+            model.params[k][...] = v
+        for k, v in good["optim"].items():
+            optim.state[k][...] = v
+        state = good["state"].copy()
+        ps.clear()
+        ps.update(good["ps"])
+        ps["lr"] *= 0.5 ** good["failures"]
+        rng.bit_generator.state = ps["rng"]
+        optim.steps = ps["step"]
+        del history[good["history"]:]
+        best = good["best"]
+        log(f"rnngen: training diverged ({problem}); back to step {ps['step']} "
+            f"with the learning rate halved to {ps['lr']:.4g}")
 
     def end_of_epoch(partial: bool):
         """Validate; keep the best model. Only whole epochs drive the learning-rate
         schedule, so a run stopped and resumed mid-epoch follows the same schedule."""
         nonlocal best
-        train_ppl = math.exp(ps["epoch_nll"] / max(ps["epoch_tokens"], 1))
-        valid_ppl = perplexity(model, valid_ids) if valid_ids is not None and len(valid_ids) else None
+        train_ppl = _ppl(ps["epoch_nll"], ps["epoch_tokens"])
+        valid_ppl = None
+        if valid_ids is not None and len(valid_ids):
+            logprob, count = stream_logprob(model, valid_ids)
+            valid_ppl = _ppl(-logprob, count)
         score = valid_ppl if valid_ppl is not None else train_ppl
         entry = {"epoch": ps["epoch"] + 1, "partial": partial, "step": ps["step"],
                  "train_ppl": train_ppl, "valid_ppl": valid_ppl, "lr": ps["lr"],
@@ -205,7 +263,8 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     last_save = time.perf_counter()
     stop_reason = None
     bar = None
-    with _Signals() as signals:
+    remember()
+    with _Signals() as signals, np.errstate(over="ignore", invalid="ignore"):   # divergence is handled
         while ps["epoch"] < config.epochs and stop_reason is None:
             if ps["chunk"] == 0:
                 state[...] = 0
@@ -220,10 +279,10 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
                 x, y = inputs[start:start + config.bptt], targets[start:start + config.bptt]
                 masks = model.dropout_masks(rng, *x.shape) if model.config.dropout > 0 else None
                 nll, grads, new_state = model.loss_and_grads(x, y, state, masks)
-                if not math.isfinite(nll):
-                    raise RnngenError(f"training diverged at step {ps['step']} (loss is {nll}); "
-                                      "try a lower --lr or a smaller --clip")
-                clip_global_norm(grads, config.clip)
+                norm = clip_global_norm(grads, config.clip)
+                if not (math.isfinite(norm) and _ppl(nll, x.size) < math.inf):
+                    recover(f"loss {nll / x.size:.4g} per token, gradient norm {norm:.4g} at step {ps['step'] + 1}")
+                    continue
                 optim.step(model.params, grads, ps["lr"])
                 state = new_state
                 ps["chunk"] += 1
@@ -235,11 +294,13 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
                 train_time += time.perf_counter() - t0
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(ppl=f"{math.exp(ps['epoch_nll'] / ps['epoch_tokens']):.2f}",
+                    bar.set_postfix(ppl=f"{_ppl(ps['epoch_nll'], ps['epoch_tokens']):.2f}",
                                     tok_s=f"{tok_count / train_time:.0f}", refresh=False)
                 if signals.received is not None:
                     if bar is not None:
                         bar.close()
+                    if not sound():
+                        recover(f"weights not finite after step {ps['step']}")
                     save()
                     raise TrainingInterrupted(signals.received,
                                               f"epoch {ps['epoch'] + 1}, step {ps['step']}")
@@ -250,10 +311,17 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
                 if stop_reason:
                     break
                 if config.checkpoint_every and time.perf_counter() - last_save >= config.checkpoint_every:
+                    if not sound():
+                        recover(f"weights not finite after step {ps['step']}")
+                        continue
                     save()
                     last_save = time.perf_counter()
             if bar is not None:
                 bar.close()
+            if not sound():
+                recover(f"weights not finite after step {ps['step']}")
+                stop_reason = None
+                continue
             partial = ps["chunk"] < n_chunks
             end_of_epoch(partial)
             if not partial:
@@ -264,6 +332,8 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
                     stop_reason = f"no improvement for {config.patience} epochs"
             save()
             last_save = time.perf_counter()
+            if signals.received is not None and ps["epoch"] < config.epochs and stop_reason is None:
+                raise TrainingInterrupted(signals.received, f"epoch {ps['epoch'] + 1}, step {ps['step']}")
     if stop_reason:
         log(f"rnngen: stopped: {stop_reason}")
     ps["done"] = ps["epoch"] >= config.epochs
@@ -272,7 +342,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     return final
 
 
-def _restore(ckpt: Checkpoint, config: TrainConfig, train_ids: np.ndarray):
+def _restore(ckpt: Checkpoint, config: TrainConfig, train_ids: np.ndarray, n_chunks: int):
     if ckpt.resume is None or "progress" not in ckpt.train:
         raise RnngenError("checkpoint has no training state to resume from")
     ps = dict(ckpt.train["progress"])
@@ -280,6 +350,8 @@ def _restore(ckpt: Checkpoint, config: TrainConfig, train_ids: np.ndarray):
         raise RnngenError("--resume needs the same training corpus and vocabulary options as the original run")
     if ckpt.train.get("batch_size") != config.batch_size:
         raise RnngenError("--resume needs the same --batch-size as the original run")
+    if ps["chunk"] and (ckpt.train.get("bptt") != config.bptt or ps["chunk"] > n_chunks):
+        raise RnngenError("--resume in the middle of an epoch needs the same --bptt as the original run")
     model = Model(ckpt.model.config, {k[len("param."):]: v.copy() for k, v in ckpt.resume.items()
                                       if k.startswith("param.")})
     best = {k: v.copy() for k, v in ckpt.model.params.items()} if ps.get("best_score") is not None else None
@@ -288,11 +360,13 @@ def _restore(ckpt: Checkpoint, config: TrainConfig, train_ids: np.ndarray):
 
 def prepare_data(corpus_paths: list[str], valid_path: str | None = None, valid_fraction: float = 0.1,
                  unit: str = "word", lowercase: bool = False, vocab_size: int = 0, min_count: int = 1,
-                 encoding_errors: str = "strict", vocab: Vocab | None = None):
+                 encoding_errors: str = "strict", vocab: Vocab | None = None,
+                 log: Callable[[str], None] = _stderr):
     """Read the corpus files, hold out validation lines, build (or reuse) the vocabulary.
 
-    Without ``valid_path`` the last ``valid_fraction`` of the lines is held out. Returns
-    (vocab, train ids, valid ids or None). The vocabulary comes from the training lines only.
+    Without ``valid_path`` the last ``valid_fraction`` of the lines is held out; a corpus
+    too short for that trains without validation (and says so). Returns (vocab, train ids,
+    valid ids or None). The vocabulary comes from the training lines only.
     """
     from .textio import read_lines
 
@@ -310,10 +384,11 @@ def prepare_data(corpus_paths: list[str], valid_path: str | None = None, valid_f
         valid_lines = read_lines(valid_path, encoding_errors)
     elif valid_fraction > 0:
         n_valid = int(len(lines) * valid_fraction)
-        if n_valid == 0 or n_valid == len(lines):
-            raise RnngenError(f"the corpus has only {len(lines)} lines: too few to hold out "
-                              f"{valid_fraction:g} for validation (pass --valid FILE or --valid-fraction 0)")
-        lines, valid_lines = lines[:-n_valid], lines[-n_valid:]
+        if n_valid == 0:
+            log(f"rnngen: the corpus has only {len(lines)} line{'s' if len(lines) > 1 else ''}, too few to "
+                f"hold out {valid_fraction:g} for validation; training without (pass --valid FILE to validate)")
+        else:
+            lines, valid_lines = lines[:-n_valid], lines[-n_valid:]
     if vocab is None:
         vocab = Vocab.build(lines, unit=unit, lowercase=lowercase, max_size=vocab_size or None,
                             min_count=min_count)
