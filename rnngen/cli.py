@@ -20,6 +20,22 @@ def model_option(f):
                         show_default=True, help=MODEL_HELP)(f)
 
 
+def threads_option(f):
+    return click.option("--threads", type=click.IntRange(min=0), default=0,
+                        help="BLAS threads for the large matrix products (default 0: all cores for "
+                             "large models, 1 for small ones).")(f)
+
+
+def _load_for_use(path: str, threads: int):
+    """Load a checkpoint and size the BLAS thread pool for its model."""
+    from . import blas
+
+    ckpt = _load(path)
+    cfg = ckpt.model.config
+    blas.set_threads(threads or blas.auto_threads(cfg.hidden, cfg.vocab_size))
+    return ckpt
+
+
 def _load(path: str):
     from .checkpoint import load
 
@@ -63,6 +79,10 @@ def cli():
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Dropout on non-recurrent connections.")
 @click.option("--tie-weights", is_flag=True, help="Share the embedding with the output layer.")
+@click.option("--softmax", type=click.Choice(["full", "class"]), default="full", show_default=True,
+              help="Output layer: full softmax, or frequency-binned word classes (much faster for large vocabularies).")
+@click.option("--classes", type=click.IntRange(min=0), default=0,
+              help="Word classes for --softmax class (default: about sqrt(vocabulary)).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--bptt", type=click.IntRange(min=1), default=35, show_default=True,
@@ -87,10 +107,11 @@ def cli():
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
               help="What to do with bytes that are not UTF-8.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or epoch lines.")
+@threads_option
 @click.pass_context
 def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, vocab_size, min_count, cell,
-          hidden, layers, embed, activation, dropout, tie_weights, resume_path, encoding_errors, quiet,
-          **train_options):
+          hidden, layers, embed, activation, dropout, tie_weights, softmax, classes, resume_path, encoding_errors,
+          quiet, threads, **train_options):
     """Train a language model on CORPUS (text files, one sentence per line; - for stdin).
 
     \b
@@ -132,12 +153,13 @@ def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, voca
         vocab, train_ids, valid_ids = prepare_data(list(corpus), valid_path, valid_fraction, unit, lowercase,
                                                    vocab_size, min_count, encoding_errors, log=log)
         model_config = ModelConfig(vocab_size=len(vocab), cell=cell, hidden=hidden, layers=layers, embed=embed,
-                                   activation=activation, dropout=dropout, tie_weights=tie_weights)
+                                   activation=activation, dropout=dropout, tie_weights=tie_weights,
+                                   softmax=softmax, classes=classes)
     log(f"rnngen: {len(train_ids):,} training tokens, "
         f"{len(valid_ids) if valid_ids is not None else 0:,} validation tokens, vocabulary {len(vocab):,}")
     try:
         run_training(train_ids, valid_ids, vocab, model_config, config, output, resume=resume, log=log,
-                     progress=not quiet and sys.stderr.isatty())
+                     progress=not quiet and sys.stderr.isatty(), threads=threads)
     except TrainingInterrupted as exc:
         import signal
 
@@ -179,7 +201,8 @@ def _shell_join(args: list[str]) -> str:
 @click.option("--max-length", type=click.IntRange(min=1), default=100, show_default=True,
               help="Longest line, in tokens.")
 @click.option("--seed", type=SEED, default=None, help="Seed for reproducible samples (default: random).")
-def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed):
+@threads_option
+def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed, threads):
     """Generate lines of text, one per line on stdout.
 
     \b
@@ -192,7 +215,7 @@ def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed):
     from .textio import decode_arg
 
     prime = decode_arg(prime, "--prime")
-    ckpt = _load(model_path)
+    ckpt = _load_for_use(model_path, threads)
     if top_k is not None and top_k > len(ckpt.vocab):
         raise click.BadParameter(f"{top_k} is more than the vocabulary's {len(ckpt.vocab)} tokens.",
                                  ctx=click.get_current_context(), param_hint="'--top-k'")
@@ -208,7 +231,8 @@ def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed):
 @click.option("--stream", "stream_path", help="Perplexity of a whole file as one stream (standard LM evaluation).")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
-def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, quiet):
+@threads_option
+def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, quiet, threads):
     """Score sentences: log-probability, perplexity, tokens, OOV count, text (tab-separated).
 
     With no SENTENCE, or -, reads one sentence per line from stdin and writes each result
@@ -229,7 +253,7 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
     from .textio import decode_arg, read_lines
 
     sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
-    ckpt = _load(model_path)
+    ckpt = _load_for_use(model_path, threads)
     model, vocab = ckpt.model, ckpt.vocab
     totals = [0.0, 0]
     if stream_path:
@@ -339,6 +363,8 @@ def info(model_path):
     out.append(f"cell        {cfg.cell} ({cfg.activation})" if cfg.cell == "rnn" else f"cell        {cfg.cell}")
     out.append(f"layers      {cfg.layers} x {cfg.hidden} hidden, embedding {cfg.embed_size}"
                f"{', tied' if cfg.tie_weights else ''}, dropout {cfg.dropout:g}")
+    if cfg.softmax == "class":
+        out.append(f"softmax     class-factored, {len(cfg.class_bounds) - 1} classes")
     out.append(f"vocabulary  {len(ckpt.vocab):,} {ckpt.vocab.unit}s{' (lowercased)' if ckpt.vocab.lowercase else ''}")
     out.append(f"parameters  {ckpt.model.num_params():,}")
     train = {k: v for k, v in ckpt.train.items() if k != "progress"}

@@ -10,14 +10,15 @@ the batch size (Zaremba et al. 2014), so SGD with lr 1 and clip 5 matches their 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
 from .cells import CELLS, make_cell
 from .errors import RnngenError
 from .kernels import scatter_add_rows
-from .softmax import OUTPUTS
+from .softmax import OUTPUTS, frequency_classes
 
 
 @dataclass
@@ -33,7 +34,8 @@ class ModelConfig:
     dropout: float = 0.0
     tie_weights: bool = False
     softmax: str = "full"
-    class_bounds: list = field(default_factory=list)   # C+1 ids, for softmax "class"
+    classes: int = 0                                   # class softmax: 0 = about sqrt(vocab)
+    class_bounds: list = field(default_factory=list)   # C+1 ids, filled from word counts
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -52,7 +54,9 @@ class ModelConfig:
         if self.softmax not in OUTPUTS:
             raise RnngenError(f"unknown softmax {self.softmax!r} (choose from {', '.join(OUTPUTS)})")
         b = self.class_bounds
-        if self.softmax == "class" and not (
+        if self.classes < 0:
+            raise RnngenError("--classes must be at least 1 (or 0 for about sqrt(vocabulary))")
+        if self.softmax == "class" and b and not (
                 isinstance(b, list) and len(b) >= 2 and all(isinstance(i, int) for i in b)
                 and b[0] == 0 and b[-1] == self.vocab_size and all(x < y for x, y in zip(b, b[1:]))):
             raise RnngenError("class softmax needs class bounds increasing from 0 to the vocabulary size")
@@ -63,6 +67,13 @@ class ModelConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def with_classes(self, counts: np.ndarray) -> "ModelConfig":
+        """For the class softmax: bin the vocabulary by these token counts (ids 0..V-1)."""
+        if self.softmax != "class" or self.class_bounds:
+            return self
+        n = self.classes or max(1, round(math.sqrt(self.vocab_size)))
+        return replace(self, class_bounds=frequency_classes(counts, n))
 
     @classmethod
     def from_json(cls, data: dict) -> "ModelConfig":

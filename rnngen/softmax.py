@@ -94,6 +94,8 @@ class FullSoftmax:
 class ClassSoftmax(FullSoftmax):
     def __init__(self, config):
         super().__init__(config)
+        if not config.class_bounds:
+            raise ValueError("class softmax needs class_bounds: use ModelConfig.with_classes(counts)")
         self.bounds = np.asarray(config.class_bounds, dtype=np.int64)
         self.n_classes = len(self.bounds) - 1
         self.word_class = np.repeat(np.arange(self.n_classes), np.diff(self.bounds))

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from . import checkpoint
+from . import blas, checkpoint
 from .checkpoint import Checkpoint
 from .errors import RnngenError
 from .model import Model, ModelConfig
@@ -141,14 +141,14 @@ def _fmt_time(seconds: float) -> str:
 def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
           model_config: ModelConfig | None, config: TrainConfig, output: str,
           resume: Checkpoint | None = None, log: Callable[[str], None] = _stderr,
-          progress: bool = False) -> Checkpoint:
+          progress: bool = False, threads: int | None = None) -> Checkpoint:
     """Train and write ``output``; returns the final checkpoint (best model + resume state).
 
     With ``resume`` the model, vocabulary, optimiser state, position in the data, learning
     rate, RNG stream and history continue from that checkpoint; ``model_config`` is ignored.
     A NaN or infinite loss (or perplexity), gradient or weight sends training back to the
     last state it saved (or started from) with half the learning rate, up to MAX_RECOVERIES
-    times in a row.
+    times in a row. ``threads`` sets NumPy's BLAS threads (None: chosen from the model size).
     """
     train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
     batch_size = min(config.batch_size, max(1, len(train_ids) - 1))
@@ -164,6 +164,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
         model, best, history, progress_state = _restore(resume, config, train_ids, n_chunks)
         vocab = resume.vocab
     else:
+        model_config = model_config.with_classes(np.bincount(train_ids, minlength=model_config.vocab_size))
         model = Model.init(model_config, seed=config.seed)
         best = None
         history = []
@@ -171,6 +172,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
                           "bad_epochs": 0, "epoch_nll": 0.0, "epoch_tokens": 0, "elapsed": 0.0,
                           "rng": np.random.default_rng(config.seed + 1).bit_generator.state,
                           "data": fingerprint(train_ids), "done": False}
+    blas.set_threads(threads or blas.auto_threads(model.config.hidden, model.config.vocab_size))
     optim = make_optimizer(config.optimizer, model.params)
     state = model.zero_state(config.batch_size)
     if resume is not None:
@@ -266,6 +268,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     remember()
     with _Signals() as signals, np.errstate(over="ignore", invalid="ignore"):   # divergence is handled
         while ps["epoch"] < config.epochs and stop_reason is None:
+            tok_count, train_time = 0, 0.0                  # per-epoch throughput
             if ps["chunk"] == 0:
                 state[...] = 0
             if progress:
