@@ -30,6 +30,14 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
 
+## bench: rnngen vs PyTorch CPU side by side on Penn Treebank (../shared/corpora/ptb)
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) bench/run.py
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check rnngen tests bench corpora
 

@@ -1,0 +1,95 @@
+"""rnngen side of the benchmark: training, scoring and sampling throughput in one process.
+
+    python bench/rnngen_lm.py --data bench/results/ptb.npz --cell rnn --hidden 200 --threads 2
+
+Training repeats exactly the steps of ``rnngen.train.train`` for one chunk (loss and
+gradients, finite-loss check, global-norm clip, SGD step, state carried: truncated BPTT),
+timed per chunk; checkpointing and validation are left out. run.py starts this script in
+its own process so that its thread settings and peak RSS are its own.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from common import (
+    current_rss_mb,
+    finish,
+    load_data,
+    set_thread_env,
+    timed_sampling,
+    timed_scoring,
+    timed_training,
+    worker_parser,
+)
+
+
+def main(argv=None) -> dict:
+    args = worker_parser(__doc__).parse_args(argv)
+    set_thread_env(args.threads)           # before numpy loads OpenBLAS
+
+    import math
+
+    import numpy as np
+
+    from rnngen.cells import CELLS
+    from rnngen.model import Model, ModelConfig
+    from rnngen.optim import SGD, clip_global_norm
+    from rnngen.sample import sample
+    from rnngen.score import stream_logprob
+    from rnngen.train import batchify
+    from rnngen.vocab import Vocab
+
+    if args.cell not in CELLS:
+        raise SystemExit(f"rnngen has no {args.cell!r} cell (has: {', '.join(CELLS)})")
+    train_ids, valid_ids, tokens = load_data(args.data)
+    vocab = Vocab(unit="word", tokens=tokens)
+    result = {"side": "rnngen", "cell": args.cell, "hidden": args.hidden, "layers": args.layers,
+              "embed": args.embed or args.hidden, "threads": args.threads, "vocab": len(vocab),
+              "rss_after_import_mb": current_rss_mb()}
+
+    # --- training -------------------------------------------------------------------
+    config = ModelConfig(vocab_size=len(vocab), cell=args.cell, hidden=args.hidden, layers=args.layers,
+                         embed=args.embed)
+    model = Model.init(config, seed=args.seed)
+    optim = SGD(model.params)
+    inputs, targets = batchify(train_ids, args.batch)
+    n_chunks = len(inputs) // args.bptt
+    state = model.zero_state(args.batch)
+
+    def step(i: int) -> float:
+        nonlocal state
+        x, y = inputs[i * args.bptt:(i + 1) * args.bptt], targets[i * args.bptt:(i + 1) * args.bptt]
+        nll, grads, new_state = model.loss_and_grads(x, y, state, None)
+        if not math.isfinite(nll):
+            raise SystemExit(f"training diverged at chunk {i}")
+        clip_global_norm(grads, args.clip)
+        optim.step(model.params, grads, args.lr)
+        state = new_state
+        return nll
+
+    result["train"] = timed_training(step, n_chunks, args.warmup, args.train_seconds, args.max_chunks,
+                                     args.batch * args.bptt)
+    result["train"]["rss_mb"] = current_rss_mb()
+
+    # --- scoring: the valid set as one stream, batch 1, forward only ---------------------
+    if args.score_tokens >= 0:
+        result["score"] = timed_scoring(lambda ids: stream_logprob(model, ids), valid_ids, args.score_tokens,
+                                        args.score_seconds)
+        result["score"]["chunk"] = "rnngen.score default (256)"
+
+    # --- sampling from a freshly initialised model (near-uniform: lines run full length) --
+    fresh = Model.init(config, seed=args.seed)
+    result["sample"] = {}
+    for n in args.sample_n:
+        sample(fresh, vocab, n=n, max_length=5, seed=0)                    # warm-up
+        result["sample"][str(n)] = timed_sampling(
+            lambda seed, n=n: sample(fresh, vocab, n=n, max_length=args.sample_length, seed=seed),
+            n, args.sample_length, args.sample_seconds)
+    result["numpy_dtype"] = str(np.dtype(model.dtype))
+    finish(args, result)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
