@@ -71,7 +71,70 @@ class RNNCell(Cell):
         return dpre, dpre, ds0[None], {}
 
 
-CELLS = {"rnn": RNNCell}
+class LSTMCell(Cell):
+    """LSTM (Hochreiter & Schmidhuber 1997, with forget gate). Gate blocks [i, f, g, o]:
+    c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t). State: state0[0] = h, state0[1] = c."""
+
+    name = "lstm"
+    gates = 4
+    state_parts = 2
+
+    def init_params(self, n_in, hidden, rng, dtype):
+        p = super().init_params(n_in, hidden, rng, dtype)
+        p["b"][hidden:2 * hidden] = 1.0          # forget-gate bias 1: remember by default
+        return p
+
+    def recur(self, P, xproj, state0):
+        T, B, _ = xproj.shape
+        H = state0.shape[-1]
+        h = np.empty((T, B, H), dtype=xproj.dtype)
+        c = np.empty((T, B, H), dtype=xproj.dtype)
+        tc = np.empty((T, B, H), dtype=xproj.dtype)
+        acts = np.empty((T, B, 4 * H), dtype=xproj.dtype)
+        c0 = np.ascontiguousarray(state0[1])
+        kernels.lstm_forward(xproj, P["W_h"], np.ascontiguousarray(state0[0]), c0, h, c, tc, acts)
+        return h, (c, tc, acts, c0), np.stack((h[-1], c[-1]))
+
+    def recur_backward(self, P, cache, h, dh, state0):
+        c, tc, acts, c0 = cache
+        dpre = np.empty_like(acts)
+        dh0, dc0 = kernels.lstm_backward(np.ascontiguousarray(dh), c, tc, acts, P["W_h"], c0, dpre)
+        return dpre, dpre, np.stack((dh0, dc0)), {}
+
+
+class GRUCell(Cell):
+    """GRU, PyTorch/cuDNN formulation. Gate blocks [r, z, n]:
+    n = tanh(x W_xn + b_n + r*(h W_hn + b_hn)), h_t = (1-z)*n + z*h_{t-1}.
+    ``b_hn`` is a separate (H,) parameter because r multiplies it."""
+
+    name = "gru"
+    gates = 3
+
+    def param_shapes(self, n_in, hidden):
+        shapes = super().param_shapes(n_in, hidden)
+        shapes["b_hn"] = (hidden,)
+        return shapes
+
+    def recur(self, P, xproj, state0):
+        T, B, _ = xproj.shape
+        H = state0.shape[-1]
+        h = np.empty((T, B, H), dtype=xproj.dtype)
+        acts = np.empty((T, B, 3 * H), dtype=xproj.dtype)
+        hn = np.empty((T, B, H), dtype=xproj.dtype)
+        h0 = np.ascontiguousarray(state0[0])
+        kernels.gru_forward(xproj, P["W_h"], P["b_hn"], h0, h, acts, hn)
+        return h, (acts, hn, h0), h[-1][None].copy()
+
+    def recur_backward(self, P, cache, h, dh, state0):
+        acts, hn, h0 = cache
+        H = h.shape[-1]
+        dpre = np.empty_like(acts)
+        drec = np.empty_like(acts)
+        dh0 = kernels.gru_backward(np.ascontiguousarray(dh), h, acts, hn, P["W_h"], h0, dpre, drec)
+        return dpre, drec, dh0[None], {"b_hn": drec[:, :, 2 * H:].sum(axis=(0, 1))}
+
+
+CELLS = {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell}
 
 
 def make_cell(name: str, activation: str = "tanh") -> Cell:
