@@ -92,6 +92,8 @@ def cli():
               help="Learning rate (default: sgd 1, adagrad 0.1, adam 0.002).")
 @click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="Multiply the learning rate by this when validation stops improving.")
+@click.option("--decay-after", type=click.IntRange(min=0), default=0,
+              help="From this epoch on, apply --lr-decay after every epoch (Zaremba et al.: 4); 0 = only on plateaus.")
 @click.option("--clip", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Global gradient-norm clip (0: off).")
 @click.option("--patience", type=click.IntRange(min=0), default=0,

@@ -38,6 +38,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 0.0                  # 0 means the optimiser's default (DEFAULT_LR)
     lr_decay: float = 0.5            # factor applied when validation stops improving
+    decay_after: int = 0             # from this epoch on, apply lr_decay after every epoch; 0 = never
     clip: float = 5.0                # global gradient-norm clip; 0 disables
     seed: int = 0
     patience: int = 0                # stop after this many epochs without improvement; 0 = never
@@ -51,7 +52,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "bptt"):
             if getattr(self, name) < 1:
                 raise RnngenError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("lr", "clip", "patience", "max_time", "max_steps", "checkpoint_every"):
+        for name in ("lr", "clip", "patience", "max_time", "max_steps", "checkpoint_every", "decay_after"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise RnngenError(f"--{name.replace('_', '-')} must be a non-negative number")
@@ -250,11 +251,13 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
             ps["best_score"] = score
             best = {k: v.copy() for k, v in model.params.items()}
         if not partial:
-            if ps["best_valid"] is None or score < ps["best_valid"]:
+            improved = ps["best_valid"] is None or score < ps["best_valid"]
+            if improved:
                 ps["best_valid"] = score
                 ps["bad_epochs"] = 0
             else:
                 ps["bad_epochs"] += 1
+            if not improved or (config.decay_after and ps["epoch"] + 1 >= config.decay_after):
                 ps["lr"] *= config.lr_decay
         valid_txt = f"{valid_ppl:9.2f}" if valid_ppl is not None else "        -"
         log(f"epoch {ps['epoch'] + 1:3d}{'*' if partial else ' '} train ppl {train_ppl:9.2f}  "
