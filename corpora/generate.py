@@ -25,7 +25,7 @@ import random
 import sys
 import time
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 # ---------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def _expand(symbol: str, rng: random.Random, words: list[str]) -> float:
         words.append(symbol)
         return 0.0
     u = rng.random()
-    for p, rhs in rules:
+    for p, rhs in rules:  # noqa: B007 - the chosen rule is used after the loop
         u -= p
         if u < 0:
             break
@@ -176,7 +176,7 @@ def inside(sentence: str) -> tuple[float, int]:
     """
     words = sentence.split()
 
-    @lru_cache(maxsize=None)
+    @cache
     def spans(symbol: str, i: int) -> tuple[tuple[int, float, int], ...]:
         """(end, probability, derivations) of every way ``symbol`` derives words[i:end]."""
         rules = GRAMMAR.get(symbol)

@@ -68,7 +68,7 @@ class ModelConfig:
     def to_json(self) -> dict:
         return asdict(self)
 
-    def with_classes(self, counts: np.ndarray) -> "ModelConfig":
+    def with_classes(self, counts: np.ndarray) -> ModelConfig:
         """For the class softmax: bin the vocabulary by these token counts (ids 0..V-1)."""
         if self.softmax != "class" or self.class_bounds:
             return self
@@ -76,7 +76,7 @@ class ModelConfig:
         return replace(self, class_bounds=frequency_classes(counts, n))
 
     @classmethod
-    def from_json(cls, data: dict) -> "ModelConfig":
+    def from_json(cls, data: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -103,7 +103,7 @@ class Model:
         self.output = OUTPUTS[config.softmax](config)
 
     @classmethod
-    def init(cls, config: ModelConfig, seed: int = 0, dtype=np.float32) -> "Model":
+    def init(cls, config: ModelConfig, seed: int = 0, dtype=np.float32) -> Model:
         rng = np.random.default_rng(seed)
         cell = make_cell(config.cell, config.activation)
         p = {"embed": rng.uniform(-0.1, 0.1, (config.vocab_size, config.embed_size)).astype(dtype)}

@@ -8,8 +8,8 @@ the vocabulary map to ``<unk>``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class Vocab:
 
     @classmethod
     def build(cls, lines: Iterable[str], unit: str = "word", lowercase: bool = False,
-              max_size: int | None = None, min_count: int = 1) -> "Vocab":
+              max_size: int | None = None, min_count: int = 1) -> Vocab:
         """The ``max_size`` most frequent tokens seen at least ``min_count`` times.
 
         Ties in frequency are broken by the token's first appearance, so the result does
@@ -101,7 +101,7 @@ class Vocab:
         return {"unit": self.unit, "lowercase": self.lowercase, "tokens": self.tokens}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Vocab":
+    def from_json(cls, data: dict) -> Vocab:
         try:
             return cls(unit=data["unit"], lowercase=bool(data["lowercase"]),
                        tokens=[str(t) for t in data["tokens"]])

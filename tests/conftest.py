@@ -14,8 +14,8 @@ sys.path.insert(0, str(ROOT / "corpora"))
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """A small word model trained briefly on the project corpus, shared by read-only tests."""
-    from rnngen.train import TrainConfig, prepare_data, train
     from rnngen.model import ModelConfig
+    from rnngen.train import TrainConfig, prepare_data, train
 
     out = tmp_path_factory.mktemp("model") / "tiny.npz"
     vocab, tr, va = prepare_data([str(CORPUS / "train.txt")], str(CORPUS / "valid.txt"))
