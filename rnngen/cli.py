@@ -213,7 +213,7 @@ def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed, th
       rnngen sample --prime "the dogs" --temperature 0.7 --top-k 20
       rnngen sample -m shakes.npz --max-length 300 --top-p 0.9
     """
-    from .sample import sample as run_sample
+    from .sample import sample_blocks
     from .textio import decode_arg
 
     prime = decode_arg(prime, "--prime")
@@ -221,8 +221,8 @@ def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed, th
     if top_k is not None and top_k > len(ckpt.vocab):
         raise click.BadParameter(f"{top_k} is more than the vocabulary's {len(ckpt.vocab)} tokens.",
                                  ctx=click.get_current_context(), param_hint="'--top-k'")
-    lines = run_sample(ckpt.model, ckpt.vocab, n, temperature, top_k or 0, top_p, prime, max_length, seed)
-    _write("".join(line + "\n" for line in lines))
+    for block in sample_blocks(ckpt.model, ckpt.vocab, n, temperature, top_k or 0, top_p, prime, max_length, seed):
+        _write("".join(line + "\n" for line in block))
 
 
 @cli.command()

@@ -1,6 +1,8 @@
-"""Generating text: n lines side by side, one token per step, until each line's <eos>."""
+"""Generating text: lines side by side in blocks, one token per step, until each line's <eos>."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -9,12 +11,22 @@ from .kernels import sample_rows
 from .model import Model
 from .vocab import Vocab
 
+BLOCK = 256   # lines generated side by side; bounds memory for `--n 100000` and lets output start early
+
 
 def sample(model: Model, vocab: Vocab, n: int = 10, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, prime: str = "", max_length: int = 100,
            seed: int | None = None) -> list[str]:
     """Generate ``n`` lines. Each starts from the zero state after ``<eos>`` (a fresh line),
     continues ``prime`` if given, and ends at ``<eos>`` or after ``max_length`` tokens."""
+    blocks = sample_blocks(model, vocab, n, temperature, top_k, top_p, prime, max_length, seed)
+    return [line for block in blocks for line in block]
+
+
+def sample_blocks(model: Model, vocab: Vocab, n: int = 10, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, prime: str = "", max_length: int = 100,
+                  seed: int | None = None) -> Iterator[list[str]]:
+    """Like :func:`sample`, yielding the lines block by block (``BLOCK`` lines at a time)."""
     if n < 0:
         raise RnngenError("--n must be at least 0")
     if not temperature >= 0:
@@ -25,36 +37,42 @@ def sample(model: Model, vocab: Vocab, n: int = 10, temperature: float = 1.0, to
         raise RnngenError("--top-p must be in (0, 1]")
     if max_length < 1:
         raise RnngenError("--max-length must be at least 1")
-    rng = np.random.default_rng(seed)
     feed = [vocab.eos]
     if prime:
         prime_ids, oov = vocab.encode_line(prime)
         if len(prime_ids) and oov == len(prime_ids):
             raise RnngenError("--prime holds no token the model knows (all are out of vocabulary)")
         feed += [int(i) for i in prime_ids]
-    if n == 0:
-        return []
-    state = model.zero_state(1)
+    rng = np.random.default_rng(seed)
+    primed = model.zero_state(1)
     if len(feed) > 1:
-        _, _, state = model.hidden_forward(np.asarray(feed[:-1], dtype=np.int32)[:, None], state)
-    state = np.ascontiguousarray(np.repeat(state, n, axis=2))
-    current = np.full(n, feed[-1], dtype=np.int32)
-    generated = np.zeros((max_length, n), dtype=np.int32)
-    finished = np.zeros(n, dtype=bool)
-    length = np.full(n, max_length)
+        _, _, primed = model.hidden_forward(np.asarray(feed[:-1], dtype=np.int32)[:, None], primed)
+    sep = " " if vocab.unit == "word" else ""
+    for start in range(0, n, BLOCK):
+        block = _sample_block(model, primed, feed[-1], min(BLOCK, n - start), vocab.eos,
+                              float(temperature), int(top_k), float(top_p), max_length, rng)
+        texts = [vocab.decode(ids) for ids in block]
+        yield [sep.join(part for part in (prime, text) if part) if prime else text for text in texts]
+
+
+def _sample_block(model, primed, first, m, eos, temperature, top_k, top_p, max_length, rng):
+    """Token ids of ``m`` lines (without <eos>). Only unfinished lines are stepped."""
+    state = np.ascontiguousarray(np.repeat(primed, m, axis=2))
+    current = np.full(m, first, dtype=np.int32)
+    active = np.arange(m)                       # which lines the rows of state/current are
+    generated = np.zeros((m, max_length), dtype=np.int32)
+    length = np.full(m, max_length)
     for t in range(max_length):
         top, _, state = model.hidden_forward(current[None, :], state)
-        logits = model.next_logprobs(top[0])
-        sample_rows(logits, float(temperature), int(top_k), float(top_p), rng.random(n), current)
-        generated[t] = current
-        ended = (current == vocab.eos) & ~finished
-        length[ended] = t
-        finished |= ended
-        if finished.all():
-            break
-    sep = " " if vocab.unit == "word" else ""
-    lines = []
-    for i in range(n):
-        text = vocab.decode(generated[: length[i], i])
-        lines.append(sep.join(part for part in (prime, text) if part) if prime else text)
-    return lines
+        logprobs = model.next_logprobs(top[0])
+        sample_rows(logprobs, temperature, top_k, top_p, rng.random(len(active)), current)
+        generated[active, t] = current
+        ended = current == eos
+        if ended.any():
+            length[active[ended]] = t
+            keep = ~ended
+            active, current = active[keep], current[keep]
+            state = np.ascontiguousarray(state[:, :, keep])
+            if not len(active):
+                break
+    return [generated[i, :length[i]] for i in range(m)]

@@ -28,6 +28,9 @@ from .score import stream_logprob
 from .vocab import Vocab
 
 
+PROGRESS_EVERY = 60.0   # seconds between progress lines when stderr is not a terminal
+
+
 @dataclass
 class TrainConfig:
     """How to train; saved in the checkpoint so ``--resume`` continues the same run."""
@@ -265,7 +268,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
             f"elapsed {_fmt_time(ps['elapsed'])}{'  (best)' if is_best else ''}")
 
     tok_count, train_time = 0, 0.0
-    last_save = time.perf_counter()
+    last_save = last_report = time.perf_counter()
     stop_reason = None
     bar = None
     remember()
@@ -302,6 +305,11 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
                     bar.update(1)
                     bar.set_postfix(ppl=f"{_ppl(ps['epoch_nll'], ps['epoch_tokens']):.2f}",
                                     tok_s=f"{tok_count / train_time:.0f}", refresh=False)
+                elif time.perf_counter() - last_report >= PROGRESS_EVERY:     # no terminal: a log line
+                    last_report = time.perf_counter()
+                    log(f"epoch {ps['epoch'] + 1:3d}  {100 * ps['chunk'] / n_chunks:5.1f}%  "
+                        f"train ppl {_ppl(ps['epoch_nll'], ps['epoch_tokens']):9.2f}  "
+                        f"{tok_count / train_time:7.0f} tok/s  elapsed {_fmt_time(ps['elapsed'])}")
                 if signals.received is not None:
                     if bar is not None:
                         bar.close()
