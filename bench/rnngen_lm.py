@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
 
     from rnngen.cells import CELLS
     from rnngen.model import Model, ModelConfig
-    from rnngen.optim import SGD, clip_global_norm
+    from rnngen.optim import SGD, clip_scale, global_norm
     from rnngen.sample import sample
     from rnngen.score import stream_logprob
     from rnngen.train import batchify
@@ -63,8 +63,7 @@ def main(argv=None) -> dict:
         nll, grads, new_state = model.loss_and_grads(x, y, state, None)
         if not math.isfinite(nll):
             raise SystemExit(f"training diverged at chunk {i}")
-        clip_global_norm(grads, args.clip)
-        optim.step(model.params, grads, args.lr)
+        optim.step(model.params, grads, args.lr, clip_scale(global_norm(grads), args.clip))
         state = new_state
         return nll
 

@@ -1,8 +1,16 @@
-"""Optimisers and global gradient-norm clipping. State is plain arrays, for checkpoints."""
+"""Optimisers and global gradient-norm clipping. State is plain arrays, for checkpoints.
+
+Each update is one fused, vectorised pass over a parameter and its gradient (Numba), with
+the clipping factor folded in: on PTB the separate NumPy passes (scale the gradients,
+form ``lr * g``, subtract) cost more than the recurrence itself.
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from numba import njit
 
 from .errors import RnngenError
 
@@ -10,14 +18,48 @@ OPTIMIZERS = ("sgd", "adagrad", "adam")
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
 
 
-def clip_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
-    """Scale all gradients together so their joint L2 norm is at most max_norm; return the norm."""
-    norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
-    if max_norm > 0 and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
-        for g in grads.values():
-            g *= scale
-    return norm
+@njit(cache=True, fastmath=True)
+def _sum_squares(g):
+    acc = 0.0
+    for x in g.ravel():
+        acc += np.float64(x) * x
+    return acc
+
+
+@njit(cache=True, fastmath=True)
+def _sgd(p, g, step):
+    p, g = p.ravel(), g.ravel()
+    for i in range(p.size):
+        p[i] -= step * g[i]                                      # θ <- θ - lr·s·g
+
+
+@njit(cache=True, fastmath=True)
+def _adagrad(p, g, acc, lr, scale, eps):
+    p, g, acc = p.ravel(), g.ravel(), acc.ravel()
+    for i in range(p.size):
+        gi = scale * g[i]
+        acc[i] += gi * gi                                        # G <- G + g²
+        p[i] -= lr * gi / (np.sqrt(acc[i]) + eps)                # θ <- θ - lr·g/√G
+
+
+@njit(cache=True, fastmath=True)
+def _adam(p, g, m, v, step, scale, beta1, beta2, eps):
+    p, g, m, v = p.ravel(), g.ravel(), m.ravel(), v.ravel()
+    for i in range(p.size):
+        gi = scale * g[i]
+        m[i] = beta1 * m[i] + (1 - beta1) * gi                   # m <- β1·m + (1-β1)·g
+        v[i] = beta2 * v[i] + (1 - beta2) * gi * gi              # v <- β2·v + (1-β2)·g²
+        p[i] -= step * m[i] / (np.sqrt(v[i]) + eps)              # θ <- θ - α_t·m/(√v + ε)
+
+
+def global_norm(grads: dict[str, np.ndarray]) -> float:
+    """Joint L2 norm of all gradients (inf or nan when any entry is)."""
+    return math.sqrt(sum(_sum_squares(g) for g in grads.values()))
+
+
+def clip_scale(norm: float, max_norm: float) -> float:
+    """Factor that brings the joint gradient norm down to ``max_norm`` (0 disables clipping)."""
+    return max_norm / (norm + 1e-6) if max_norm > 0 and norm > max_norm else 1.0
 
 
 class Optimizer:
@@ -27,10 +69,11 @@ class Optimizer:
         self.state: dict[str, np.ndarray] = {}
         self.steps = 0
 
-    def step(self, params, grads, lr: float):
+    def step(self, params, grads, lr: float, scale: float = 1.0):
+        """One update with the gradients multiplied by ``scale`` (the clipping factor)."""
         self.steps += 1
         for name, p in params.items():
-            self.update(name, p, grads[name], lr)
+            self.update(name, p, grads[name], lr, scale)
 
     def load_state(self, state: dict[str, np.ndarray], steps: int):
         if set(state) != set(self.state):
@@ -41,19 +84,20 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    def update(self, name, p, g, lr):
-        p -= lr * g                                             # theta <- theta - lr g
+    def update(self, name, p, g, lr, scale):
+        _sgd(p, g, p.dtype.type(lr * scale))
 
 
 class Adagrad(Optimizer):
+    eps = 1e-8
+
     def __init__(self, params):
         super().__init__(params)
         self.state = {f"{k}.sum_sq": np.zeros_like(v) for k, v in params.items()}
 
-    def update(self, name, p, g, lr):
-        acc = self.state[f"{name}.sum_sq"]
-        acc += g * g                                            # G <- G + g^2
-        p -= lr * g / (np.sqrt(acc) + 1e-8)                     # theta <- theta - lr g / sqrt(G)
+    def update(self, name, p, g, lr, scale):
+        t = p.dtype.type
+        _adagrad(p, g, self.state[f"{name}.sum_sq"], t(lr), t(scale), t(self.eps))
 
 
 class Adam(Optimizer):
@@ -65,15 +109,11 @@ class Adam(Optimizer):
             self.state[f"{k}.m"] = np.zeros_like(v)
             self.state[f"{k}.v"] = np.zeros_like(v)
 
-    def update(self, name, p, g, lr):
-        m, v = self.state[f"{name}.m"], self.state[f"{name}.v"]
-        m *= self.beta1
-        m += (1 - self.beta1) * g                               # m <- b1 m + (1-b1) g
-        v *= self.beta2
-        v += (1 - self.beta2) * g * g                           # v <- b2 v + (1-b2) g^2
-        t = self.steps
-        step = lr * np.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
-        p -= (step * m / (np.sqrt(v) + self.eps)).astype(p.dtype)
+    def update(self, name, p, g, lr, scale):
+        t = p.dtype.type
+        step = lr * math.sqrt(1 - self.beta2 ** self.steps) / (1 - self.beta1 ** self.steps)
+        _adam(p, g, self.state[f"{name}.m"], self.state[f"{name}.v"], t(step), t(scale),
+              t(self.beta1), t(self.beta2), t(self.eps))
 
 
 def make_optimizer(name: str, params: dict[str, np.ndarray]) -> Optimizer:

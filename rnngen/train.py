@@ -23,10 +23,9 @@ from . import blas, checkpoint
 from .checkpoint import Checkpoint
 from .errors import RnngenError
 from .model import Model, ModelConfig
-from .optim import DEFAULT_LR, OPTIMIZERS, clip_global_norm, make_optimizer
+from .optim import DEFAULT_LR, OPTIMIZERS, clip_scale, global_norm, make_optimizer
 from .score import stream_logprob
 from .vocab import Vocab
-
 
 PROGRESS_EVERY = 60.0   # seconds between progress lines when stderr is not a terminal
 
@@ -288,11 +287,11 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
                 x, y = inputs[start:start + config.bptt], targets[start:start + config.bptt]
                 masks = model.dropout_masks(rng, *x.shape) if model.config.dropout > 0 else None
                 nll, grads, new_state = model.loss_and_grads(x, y, state, masks)
-                norm = clip_global_norm(grads, config.clip)
+                norm = global_norm(grads)
                 if not (math.isfinite(norm) and _ppl(nll, x.size) < math.inf):
                     recover(f"loss {nll / x.size:.4g} per token, gradient norm {norm:.4g} at step {ps['step'] + 1}")
                     continue
-                optim.step(model.params, grads, ps["lr"])
+                optim.step(model.params, grads, ps["lr"], clip_scale(norm, config.clip))
                 state = new_state
                 ps["chunk"] += 1
                 ps["step"] += 1

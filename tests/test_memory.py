@@ -13,7 +13,7 @@ import pytest
 
 from rnngen import blas
 from rnngen.model import Model, ModelConfig
-from rnngen.optim import clip_global_norm, make_optimizer
+from rnngen.optim import clip_scale, global_norm, make_optimizer
 
 EOS, QUERY = 0, 1
 KEYS = np.array([2, 3, 4, 5])
@@ -54,8 +54,7 @@ def train_on_recall(cell: str, seed: int = SEED, steps: int = STEPS) -> Model:
     for _ in range(steps):
         ids, _, _ = recall_lines(rng, BATCH, 0, MAX_GAP)
         _, grads, _ = model.loss_and_grads(ids[:-1], ids[1:], state)
-        clip_global_norm(grads, 5.0)
-        optim.step(model.params, grads, LR)
+        optim.step(model.params, grads, LR, clip_scale(global_norm(grads), 5.0))
     return model
 
 
