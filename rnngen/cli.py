@@ -33,7 +33,38 @@ def _load_for_use(path: str, threads: int):
     ckpt = _load(path)
     cfg = ckpt.model.config
     blas.set_threads(threads or blas.auto_threads(cfg.hidden, cfg.vocab_size))
+    _announce_compiling()
     return ckpt
+
+
+def _compiled_marker() -> str | None:
+    """A file in the package's __pycache__ named after the kernel sources' hash: present once
+    a run has compiled (and Numba has cached) kernels for exactly these sources. None when
+    the package folder is read-only (Numba then caches elsewhere and we cannot tell)."""
+    import hashlib
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    if not os.access(package, os.W_OK):
+        return None
+    digest = hashlib.sha256()
+    for name in ("kernels.py", "optim.py"):
+        with open(os.path.join(package, name), "rb") as fh:
+            digest.update(fh.read())
+    return os.path.join(package, "__pycache__", f"rnngen-compiled-{digest.hexdigest()[:16]}")
+
+
+def _announce_compiling() -> None:
+    """Say once, on a terminal, that the first run compiles the kernels (later runs load them)."""
+    marker = _compiled_marker()
+    if marker is None or os.path.exists(marker):
+        return
+    if sys.stderr.isatty():
+        click.echo("rnngen: compiling the Numba kernels (first run only; later runs start at once)", err=True)
+    try:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        open(marker, "w").close()
+    except OSError:
+        pass
 
 
 def _load(path: str):
@@ -159,6 +190,8 @@ def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, voca
                                    softmax=softmax, classes=classes)
     log(f"rnngen: {len(train_ids):,} training tokens, "
         f"{len(valid_ids) if valid_ids is not None else 0:,} validation tokens, vocabulary {len(vocab):,}")
+    if not quiet:
+        _announce_compiling()
     try:
         run_training(train_ids, valid_ids, vocab, model_config, config, output, resume=resume, log=log,
                      progress=not quiet and sys.stderr.isatty(), threads=threads)

@@ -100,3 +100,22 @@ def test_missing_model_is_one_line_error(in_tmp):
     proc = subprocess.run(RNNGEN + ["score", "a b"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "model.npz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compile_notice_once_per_kernel_source(tmp_path, monkeypatch, capsys):
+    """The first-run notice shows on a terminal once per version of the kernel sources."""
+    import rnngen.cli as cli_module
+
+    pkg = tmp_path / "rnngen"
+    pkg.mkdir()
+    for name in ("kernels.py", "optim.py", "cli.py"):
+        (pkg / name).write_text(name)
+    monkeypatch.setattr(cli_module, "__file__", str(pkg / "cli.py"))
+    monkeypatch.setattr(cli_module.sys.stderr, "isatty", lambda: True, raising=False)
+    notices = []
+    for source_change in (False, False, True, False):
+        if source_change:
+            (pkg / "kernels.py").write_text("changed")
+        cli_module._announce_compiling()
+        notices.append("compiling" in capsys.readouterr().err)
+    assert notices == [True, False, True, False]
