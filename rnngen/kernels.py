@@ -20,6 +20,12 @@ from .blas import single_thread_kernel_blas
 
 single_thread_kernel_blas()
 
+# Let LLVM vectorise the elementwise loops: NumPy's error model drops the ZeroDivisionError
+# branch Numba puts in every division (it blocked vectorising tanh's rational form, 3x), and
+# these fast-math flags allow fused multiply-adds and reciprocals — not assuming away NaN
+# or inf, which divergence detection relies on.
+LOOP_OPTIONS = {"error_model": "numpy", "fastmath": {"contract", "arcp", "afn"}}
+
 
 # --- non-linearities ----------------------------------------------------------------
 
@@ -69,7 +75,7 @@ def _sigmoid_overload(a):
 
 # --- vanilla RNN: s_t = f(x_t U + s_{t-1} W + b) ------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, **LOOP_OPTIONS)
 def rnn_forward(xproj, W, s0, relu, s):
     """Fill ``s[t]`` with s_t = f(x_t U + b + s_{t-1} W), f = tanh or relu."""
     T, B, H = s.shape
@@ -84,7 +90,7 @@ def rnn_forward(xproj, W, s0, relu, s):
         s_prev = s[t]
 
 
-@njit(cache=True)
+@njit(cache=True, **LOOP_OPTIONS)
 def rnn_backward(ds, s, W, relu, dpre):
     """BPTT through the chunk: ds[t] is dL/ds_t from above; returns dL/ds_0 (initial)."""
     T, B, H = s.shape
@@ -106,7 +112,7 @@ def rnn_backward(ds, s, W, relu, dpre):
 #   c_t = f*c_{t-1} + i*g        h_t = o*tanh(c_t)
 # ``acts`` keeps the post-activation gates (T, B, 4H) and ``tc`` keeps tanh(c_t), for backward.
 
-@njit(cache=True)
+@njit(cache=True, **LOOP_OPTIONS)
 def lstm_forward(xproj, W, h0, c0, h, c, tc, acts):
     """Fill h[t], c[t], tc[t] = tanh(c_t) and acts[t] = [i, f, g, o] for the chunk, from (h0, c0)."""
     T, B, H = h.shape
@@ -133,7 +139,7 @@ def lstm_forward(xproj, W, h0, c0, h, c, tc, acts):
         c_prev = c[t]
 
 
-@njit(cache=True)
+@njit(cache=True, **LOOP_OPTIONS)
 def lstm_backward(dh, c, tc, acts, W, c0, dpre):
     """BPTT through the chunk: dh[t] is dL/dh_t from above. Writes dpre = dL/da (T, B, 4H),
     which is also dL/d(h_{t-1} W_h); returns (dL/dh_0, dL/dc_0) for the initial state."""
@@ -168,7 +174,7 @@ def lstm_backward(dh, c, tc, acts, W, c0, dpre):
 #   h_t = (1-z)*n + z*h_{t-1}
 # ``acts`` keeps [r, z, n] (T, B, 3H) and ``hn`` keeps h_{t-1} W_hn + b_hn (T, B, H).
 
-@njit(cache=True)
+@njit(cache=True, **LOOP_OPTIONS)
 def gru_forward(xproj, W, b_hn, h0, h, acts, hn):
     """Fill h[t], acts[t] = [r, z, n] and hn[t] for the chunk, from h0."""
     T, B, H = h.shape
@@ -190,7 +196,7 @@ def gru_forward(xproj, W, b_hn, h0, h, acts, hn):
         h_prev = h[t]
 
 
-@njit(cache=True)
+@njit(cache=True, **LOOP_OPTIONS)
 def gru_backward(dh, h, acts, hn, W, h0, dpre, drec):
     """BPTT through the chunk: dh[t] is dL/dh_t from above. Writes dpre = dL/d(xproj) and
     drec = dL/d(h_{t-1} W_h) (they differ in the n block by the factor r); returns dL/dh_0."""
