@@ -14,26 +14,32 @@ from numba import njit
 
 from .errors import RnngenError
 
+# Vectorised loops: no ZeroDivisionError branches, reassociation for the reductions; NaN and
+# inf keep their meaning, since divergence detection reads them from the gradient norm.
+LOOP_OPTIONS = {"error_model": "numpy", "fastmath": {"contract", "arcp", "afn", "reassoc", "nsz"}}
+
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, **LOOP_OPTIONS)
 def _sum_squares(g):
+    g = g.ravel()
     acc = 0.0
-    for x in g.ravel():
-        acc += np.float64(x) * x
+    for i in range(g.size):                                      # indexed: vectorises, 10x the iterator
+        x = np.float64(g[i])
+        acc += x * x
     return acc
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, **LOOP_OPTIONS)
 def _sgd(p, g, step):
     p, g = p.ravel(), g.ravel()
     for i in range(p.size):
         p[i] -= step * g[i]                                      # θ <- θ - lr·s·g
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, **LOOP_OPTIONS)
 def _adagrad(p, g, acc, lr, scale, eps):
     p, g, acc = p.ravel(), g.ravel(), acc.ravel()
     for i in range(p.size):
@@ -42,7 +48,7 @@ def _adagrad(p, g, acc, lr, scale, eps):
         p[i] -= lr * gi / (np.sqrt(acc[i]) + eps)                # θ <- θ - lr·g/√G
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, **LOOP_OPTIONS)
 def _adam(p, g, m, v, step, scale, beta1, beta2, eps):
     p, g, m, v = p.ravel(), g.ravel(), m.ravel(), v.ravel()
     for i in range(p.size):
