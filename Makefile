@@ -38,6 +38,10 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 bench: $(VENV)/.bench-installed
 	$(PY) bench/run.py
 
+## bench-quality: the published PTB / Shakespeare configurations (hours; one at a time)
+bench-quality: $(VENV)/.installed
+	for run in rnn200 lstm-small shakespeare lstm-medium; do bash bench/quality.sh $$run; done
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check rnngen tests bench corpora
 
