@@ -22,7 +22,8 @@ run() {   # name, corpus dir, train options...
 }
 
 case "${1:-}" in
-    rnn200)      run rnn200 "$PTB" --hidden 200 --optimizer adam --lr 0.001 --clip 5 --epochs 8 --seed 1 ;;
+    rnn200)      run rnn200 "$PTB" --hidden 200 --dropout 0.3 --optimizer adam --lr 0.002 --clip 5 --epochs 7 \
+                     --decay-after 4 --seed 1 ;;
     lstm-small)  run lstm-small "$PTB" --cell lstm --layers 2 --hidden 200 --optimizer sgd --lr 1 --clip 5 \
                      --bptt 20 --batch-size 20 --epochs 13 --decay-after 4 --seed 1 ;;
     lstm-medium) run lstm-medium "$PTB" --cell lstm --layers 2 --hidden 650 --dropout 0.5 --optimizer sgd --lr 1 \
