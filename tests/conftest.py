@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -6,7 +5,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpora" / "agreement"
-SHARED = ROOT.parent / "shared" / "corpora"
 
 sys.path.insert(0, str(ROOT / "corpora"))
 
@@ -30,12 +28,3 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.delenv("RNNGEN_MODEL", raising=False)
     return tmp_path
 
-
-def shared_corpus(*parts):
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} not present (shared corpora live beside the project)")
-    return path
-
-
-os.environ.setdefault("PYTHONHASHSEED", "0")
