@@ -176,9 +176,8 @@ class Model:
         p, cfg = self.params, self.config
         top, caches, new_state = self.hidden_forward(inputs, state, masks)
         logp, dtop, out_grads = self.output.loss_grad(p, top.reshape(N, -1), targets.reshape(-1), 1.0 / B)
-        grads = {"embed": out_grads.pop("embed", None)}
-        grads["embed"] = np.zeros_like(p["embed"]) if grads["embed"] is None else np.ascontiguousarray(grads["embed"])
-        grads.update(out_grads)
+        tied = out_grads.pop("embed", None)                  # the output layer's share, if tied
+        grads = {"embed": np.zeros_like(p["embed"]) if tied is None else np.ascontiguousarray(tied), **out_grads}
         dx = dtop.reshape(T, B, -1)
         for layer in range(cfg.layers - 1, -1, -1):
             if masks is not None:

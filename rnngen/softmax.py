@@ -13,27 +13,29 @@ from __future__ import annotations
 import numpy as np
 
 
-def softmax_xent_grad(logits: np.ndarray, targets: np.ndarray, scale: float) -> np.ndarray:
-    """Per-row log p[target]; turns ``logits`` in place into scale * (softmax - onehot)."""
+def _exp_shifted(logits: np.ndarray, targets: np.ndarray):
+    """In place, logits <- exp(logits - row max). Returns (row indices, target logit minus
+    the row max, row sums): the pieces of a stable log-softmax, one pass each."""
     rows = np.arange(len(targets))
-    picked = logits[rows, targets]
     m = logits.max(axis=1)
+    picked = logits[rows, targets] - m
     logits -= m[:, None]
     np.exp(logits, out=logits)
-    z = logits.sum(axis=1)
+    return rows, picked, logits.sum(axis=1)
+
+
+def softmax_xent_grad(logits: np.ndarray, targets: np.ndarray, scale: float) -> np.ndarray:
+    """Per-row log p[target]; turns ``logits`` in place into scale * (softmax - onehot)."""
+    rows, picked, z = _exp_shifted(logits, targets)
     logits *= (scale / z)[:, None].astype(logits.dtype)
     logits[rows, targets] -= logits.dtype.type(scale)
-    return picked - m - np.log(z)
+    return picked - np.log(z)
 
 
 def log_softmax_pick(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """log softmax(logits)[i, targets[i]] for each row, computed stably. Destroys logits."""
-    rows = np.arange(len(targets))
-    picked = logits[rows, targets]
-    m = logits.max(axis=1)
-    logits -= m[:, None]
-    np.exp(logits, out=logits)
-    return picked - m - np.log(logits.sum(axis=1))
+    _, picked, z = _exp_shifted(logits, targets)
+    return picked - np.log(z)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
