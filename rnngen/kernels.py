@@ -76,6 +76,14 @@ def _sigmoid_overload(a):
 # --- vanilla RNN: s_t = f(x_t U + s_{t-1} W + b) ------------------------------------
 
 @njit(cache=True, **LOOP_OPTIONS)
+def rnn_step(x_b, r_b, relu, s):
+    """One row of one step: s = f(a), a = x_t U + b (x_b) + s_{t-1} W (r_b)."""
+    for j in range(len(s)):
+        a = x_b[j] + r_b[j]
+        s[j] = max(a, 0.0) if relu else tanh(a)                     # s_t = f(a_t)
+
+
+@njit(cache=True, **LOOP_OPTIONS)
 def rnn_forward(xproj, W, s0, relu, s):
     """Fill ``s[t]`` with s_t = f(x_t U + b + s_{t-1} W), f = tanh or relu."""
     T, B, H = s.shape
@@ -84,9 +92,7 @@ def rnn_forward(xproj, W, s0, relu, s):
     for t in range(T):
         np.dot(s_prev, W, rec)                                      # s_{t-1} W
         for b in range(B):
-            for j in range(H):
-                a = xproj[t, b, j] + rec[b, j]
-                s[t, b, j] = max(a, 0.0) if relu else tanh(a)   # s_t = f(a_t)
+            rnn_step(xproj[t, b], rec[b], relu, s[t, b])
         s_prev = s[t]
 
 
@@ -113,6 +119,25 @@ def rnn_backward(ds, s, W, relu, dpre):
 # ``acts`` keeps the post-activation gates (T, B, 4H) and ``tc`` keeps tanh(c_t), for backward.
 
 @njit(cache=True, **LOOP_OPTIONS)
+def lstm_step(x_b, r_b, c_prev, a, c, tc, h):
+    """One row of one step: gates ``a`` = [i, f, g, o] from x_t W_x + b (x_b) and h_{t-1} W_h
+    (r_b), then c = c_t, tc = tanh(c_t), h = h_t. ``c`` may be ``c_prev`` (updated in place)."""
+    H = len(h)
+    for j in range(2 * H):
+        a[j] = sigmoid(x_b[j] + r_b[j])                             # i = σ(a_i), f = σ(a_f)
+    for j in range(2 * H, 3 * H):
+        a[j] = tanh(x_b[j] + r_b[j])                                # g = tanh(a_g)
+    for j in range(3 * H, 4 * H):
+        a[j] = sigmoid(x_b[j] + r_b[j])                             # o = σ(a_o)
+    for j in range(H):
+        ct = a[H + j] * c_prev[j] + a[j] * a[2 * H + j]             # c_t = f*c_{t-1} + i*g
+        c[j] = ct
+        tc[j] = tanh(ct)
+    for j in range(H):
+        h[j] = a[3 * H + j] * tc[j]                                 # h_t = o*tanh(c_t)
+
+
+@njit(cache=True, **LOOP_OPTIONS)
 def lstm_forward(xproj, W, h0, c0, h, c, tc, acts):
     """Fill h[t], c[t], tc[t] = tanh(c_t) and acts[t] = [i, f, g, o] for the chunk, from (h0, c0)."""
     T, B, H = h.shape
@@ -122,19 +147,7 @@ def lstm_forward(xproj, W, h0, c0, h, c, tc, acts):
     for t in range(T):
         np.dot(h_prev, W, rec)                                      # h_{t-1} W_h, all 4 gates
         for b in range(B):
-            a, x_b, r_b = acts[t, b], xproj[t, b], rec[b]
-            for j in range(2 * H):
-                a[j] = sigmoid(x_b[j] + r_b[j])                             # i = σ(a_i), f = σ(a_f)
-            for j in range(2 * H, 3 * H):
-                a[j] = tanh(x_b[j] + r_b[j])                                # g = tanh(a_g)
-            for j in range(3 * H, 4 * H):
-                a[j] = sigmoid(x_b[j] + r_b[j])                             # o = σ(a_o)
-            for j in range(H):
-                ct = a[H + j] * c_prev[b, j] + a[j] * a[2 * H + j]          # c_t = f*c_{t-1} + i*g
-                c[t, b, j] = ct
-                tc[t, b, j] = tanh(ct)
-            for j in range(H):
-                h[t, b, j] = a[3 * H + j] * tc[t, b, j]                     # h_t = o*tanh(c_t)
+            lstm_step(xproj[t, b], rec[b], c_prev[b], acts[t, b], c[t, b], tc[t, b], h[t, b])
         h_prev = h[t]
         c_prev = c[t]
 
@@ -175,6 +188,23 @@ def lstm_backward(dh, c, tc, acts, W, c0, dpre):
 # ``acts`` keeps [r, z, n] (T, B, 3H) and ``hn`` keeps h_{t-1} W_hn + b_hn (T, B, H).
 
 @njit(cache=True, **LOOP_OPTIONS)
+def gru_step(x_b, r_b, b_hn, h_prev, a, hn, h):
+    """One row of one step from x_t W_x + b (x_b) and h_{t-1} W_h (r_b): gates ``a`` = [r, z, n],
+    hn = h_{t-1} W_hn + b_hn, and h = h_t. ``h`` may be ``h_prev`` (updated in place)."""
+    H = len(h)
+    for j in range(H):
+        r = sigmoid(x_b[j] + r_b[j])                                # r = σ(x W_xr + b_r + h W_hr)
+        z = sigmoid(x_b[H + j] + r_b[H + j])                        # z = σ(x W_xz + b_z + h W_hz)
+        hnj = r_b[2 * H + j] + b_hn[j]                              # hn = h W_hn + b_hn
+        n = tanh(x_b[2 * H + j] + r * hnj)                          # n = tanh(x W_xn + b_n + r*hn)
+        h[j] = (1.0 - z) * n + z * h_prev[j]                        # h_t = (1-z)*n + z*h_{t-1}
+        a[j] = r
+        a[H + j] = z
+        a[2 * H + j] = n
+        hn[j] = hnj
+
+
+@njit(cache=True, **LOOP_OPTIONS)
 def gru_forward(xproj, W, b_hn, h0, h, acts, hn):
     """Fill h[t], acts[t] = [r, z, n] and hn[t] for the chunk, from h0."""
     T, B, H = h.shape
@@ -183,16 +213,7 @@ def gru_forward(xproj, W, b_hn, h0, h, acts, hn):
     for t in range(T):
         np.dot(h_prev, W, rec)                                      # h_{t-1} W_h, all 3 gates
         for b in range(B):
-            for j in range(H):
-                r = sigmoid(xproj[t, b, j] + rec[b, j])                    # r = σ(x W_xr + b_r + h W_hr)
-                z = sigmoid(xproj[t, b, H + j] + rec[b, H + j])            # z = σ(x W_xz + b_z + h W_hz)
-                hnj = rec[b, 2 * H + j] + b_hn[j]                           # hn = h W_hn + b_hn
-                n = tanh(xproj[t, b, 2 * H + j] + r * hnj)                 # n = tanh(x W_xn + b_n + r*hn)
-                h[t, b, j] = (1.0 - z) * n + z * h_prev[b, j]               # h_t = (1-z)*n + z*h_{t-1}
-                acts[t, b, j] = r
-                acts[t, b, H + j] = z
-                acts[t, b, 2 * H + j] = n
-                hn[t, b, j] = hnj
+            gru_step(xproj[t, b], rec[b], b_hn, h_prev[b], acts[t, b], hn[t, b], h[t, b])
         h_prev = h[t]
 
 
@@ -244,47 +265,141 @@ def scatter_add_rows(dst, rows, src):
 # --- sampling -----------------------------------------------------------------------
 
 @njit(cache=True)
-def sample_rows(logits, temperature, top_k, top_p, uniforms, out):
-    """Draw one token id per row of logits.
+def sample_row(logits, temperature, top_k, top_p, u):
+    """Draw one token id from one row of logits.
 
     p_i ∝ exp(logit_i / temperature), restricted to the ``top_k`` most likely tokens
     (0 = all) and then to the smallest most-likely set whose mass reaches ``top_p``;
-    the draw inverts the CDF at ``uniforms[b]``. Temperature 0 is the argmax.
+    the draw inverts the CDF at the uniform ``u``. Temperature 0 is the argmax.
     """
-    B, V = logits.shape
-    for b in range(B):
-        row = logits[b]
-        if temperature == 0.0:
-            out[b] = np.argmax(row)
-            continue
-        m = row.max()
-        probs = np.exp((row.astype(np.float64) - m) / temperature)
-        if (0 < top_k < V) or top_p < 1.0:
-            order = np.argsort(-probs, kind="mergesort")        # most likely first, stable
-            keep = V if top_k <= 0 else min(top_k, V)
-            if top_p < 1.0:
-                kept_mass = probs[order[:keep]].sum()
-                cum = 0.0
-                for r in range(keep):
-                    cum += probs[order[r]]
-                    if cum >= top_p * kept_mass:
-                        keep = r + 1
-                        break
-            total = probs[order[:keep]].sum()
-            target = uniforms[b] * total
+    V = len(logits)
+    if temperature == 0.0:
+        return np.argmax(logits)
+    m = logits.max()
+    probs = np.empty(V)
+    for i in range(V):
+        probs[i] = np.exp((np.float64(logits[i]) - m) / temperature)
+    if (0 < top_k < V) or top_p < 1.0:
+        order = np.argsort(-probs, kind="mergesort")            # most likely first, stable
+        keep = V if top_k <= 0 else min(top_k, V)
+        if top_p < 1.0:
+            kept_mass = probs[order[:keep]].sum()
             cum = 0.0
-            out[b] = order[keep - 1]
             for r in range(keep):
                 cum += probs[order[r]]
-                if cum > target:
-                    out[b] = order[r]
+                if cum >= top_p * kept_mass:
+                    keep = r + 1
                     break
-        else:
-            target = uniforms[b] * probs.sum()
-            cum = 0.0
-            out[b] = V - 1
-            for i in range(V):
-                cum += probs[i]
-                if cum > target:
-                    out[b] = i
-                    break
+        target = u * probs[order[:keep]].sum()
+        cum = 0.0
+        for r in range(keep):
+            cum += probs[order[r]]
+            if cum > target:
+                return order[r]
+        return order[keep - 1]
+    target = u * probs.sum()
+    cum = 0.0
+    for i in range(V):
+        cum += probs[i]
+        if cum > target:
+            return i
+    return V - 1
+
+
+@njit(cache=True)
+def sample_rows(logits, temperature, top_k, top_p, uniforms, out):
+    """out[b] = a draw from row b of logits (see :func:`sample_row`), with uniform uniforms[b]."""
+    for b in range(len(out)):
+        out[b] = sample_row(logits[b], temperature, top_k, top_p, uniforms[b])
+
+
+@njit(cache=True, **LOOP_OPTIONS)
+def logsumexp(a):
+    m = a.max()
+    total = 0.0
+    for v in a:
+        total += np.exp(v - m)
+    return m + np.log(total)
+
+
+@njit(cache=True, **LOOP_OPTIONS)
+def class_logprobs(logits, cls_logits, bounds):
+    """In place, the word logits of each class c = [bounds[c], bounds[c+1]) become
+    log p(w | h) = log p(c | h) + log p(w | c, h): the class softmax's exact distribution."""
+    cls_norm = logsumexp(cls_logits)
+    for c in range(len(bounds) - 1):
+        words = logits[bounds[c]:bounds[c + 1]]
+        shift = cls_logits[c] - cls_norm - logsumexp(words)
+        for i in range(len(words)):
+            words[i] += shift
+
+
+RNN, LSTM, GRU = 0, 1, 2    # the ``cell`` codes of sample_lines
+
+
+@njit(cache=True, **LOOP_OPTIONS)
+def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W, cls_b, bounds,
+                 state0, first, eos, temperature, top_k, top_p, uniforms, generated):
+    """Generate the lines of ``generated`` (m, max_length) side by side, all in this loop.
+
+    Each step embeds the current tokens, steps every layer (layer weights stacked: W_x0 for
+    layer 0, W_x[l-1] above it, W_h[l], b[l], b_hn[l] for the GRU), takes p(w | h) from the
+    top layer (``bounds`` > 2 entries: class softmax) and draws the next token of line i
+    with uniforms[i, t]. A line that draws ``eos`` leaves the batch. All lines start from
+    ``state0`` (layers, state parts, H) with input ``first``. Returns each line's length.
+    """
+    m, max_length = generated.shape
+    L, H = W_h.shape[0], W_h.shape[1]
+    dtype = embed.dtype
+    h = np.empty((L, m, H), dtype=dtype)
+    c = np.empty((L, m, H), dtype=dtype)                           # LSTM only
+    for layer in range(L):
+        for r in range(m):
+            h[layer, r] = state0[layer, 0]
+            c[layer, r] = state0[layer, state0.shape[1] - 1]
+    acts = np.empty(W_h.shape[2], dtype=dtype)
+    tc = np.empty(H, dtype=dtype)
+    hn = np.empty(H, dtype=dtype)
+    lengths = np.full(m, max_length, dtype=np.int64)
+    current = np.full(m, first, dtype=np.int64)
+    line = np.arange(m)                                 # the line each live row belongs to
+    n = m
+    for t in range(max_length):
+        x = np.empty((n, embed.shape[1]), dtype=dtype)
+        for r in range(n):
+            x[r] = embed[current[r]]                                # e_t = E[x_t]
+        for layer in range(L):
+            xproj = np.dot(x, W_x0 if layer == 0 else W_x[layer - 1])
+            rec = np.dot(h[layer, :n], W_h[layer])
+            for r in range(n):
+                xproj[r] += b[layer]
+                if cell == RNN:
+                    rnn_step(xproj[r], rec[r], relu, h[layer, r])
+                elif cell == LSTM:
+                    lstm_step(xproj[r], rec[r], c[layer, r], acts, c[layer, r], tc, h[layer, r])
+                else:
+                    gru_step(xproj[r], rec[r], b_hn[layer], h[layer, r], acts, hn, h[layer, r])
+            x = h[layer, :n]
+        logits = np.dot(x, out_W)                                   # h_t V
+        cls_logits = np.dot(x, cls_W)
+        live = 0
+        for r in range(n):
+            logits[r] += out_b
+            if len(bounds) > 2:
+                cls_logits[r] += cls_b
+                class_logprobs(logits[r], cls_logits[r], bounds)
+            token = sample_row(logits[r], temperature, top_k, top_p, uniforms[line[r], t])
+            generated[line[r], t] = token
+            if token == eos:
+                lengths[line[r]] = t
+                continue
+            if live != r:                                           # close the gap left by ended lines
+                h[:, live] = h[:, r]
+                c[:, live] = c[:, r]
+                line[live] = line[r]
+            current[live] = token
+            live += 1
+        n = live
+        if n == 0:
+            break
+    return lengths

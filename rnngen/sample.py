@@ -7,10 +7,11 @@ from collections.abc import Iterator
 import numpy as np
 
 from .errors import RnngenError
-from .kernels import sample_rows
+from .kernels import GRU, LSTM, RNN, sample_lines
 from .model import Model
 from .vocab import Vocab
 
+CELL_CODES = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 BLOCK = 256   # lines generated side by side; bounds memory for `--n 100000` and lets output start early
 
 
@@ -56,23 +57,15 @@ def sample_blocks(model: Model, vocab: Vocab, n: int = 10, temperature: float = 
 
 
 def _sample_block(model, primed, first, m, eos, temperature, top_k, top_p, max_length, rng):
-    """Token ids of ``m`` lines (without <eos>). Only unfinished lines are stepped."""
-    state = np.ascontiguousarray(np.repeat(primed, m, axis=2))
-    current = np.full(m, first, dtype=np.int32)
-    active = np.arange(m)                       # which lines the rows of state/current are
+    """Token ids of ``m`` lines (without <eos>), generated in one call of the sampling kernel."""
+    cfg = model.config
+    layers = [model.layer_params(layer) for layer in range(cfg.layers)]
+    dtype, H = model.dtype, cfg.hidden
+    W_x = np.stack([lp["W_x"] for lp in layers[1:]]) if cfg.layers > 1 else np.empty((0, H, 0), dtype)
+    b_hn = np.stack([lp.get("b_hn", np.zeros(H, dtype)) for lp in layers])
     generated = np.zeros((m, max_length), dtype=np.int32)
-    length = np.full(m, max_length)
-    for t in range(max_length):
-        top, _, state = model.hidden_forward(current[None, :], state)
-        logprobs = model.next_logprobs(top[0])
-        sample_rows(logprobs, temperature, top_k, top_p, rng.random(len(active)), current)
-        generated[active, t] = current
-        ended = current == eos
-        if ended.any():
-            length[active[ended]] = t
-            keep = ~ended
-            active, current = active[keep], current[keep]
-            state = np.ascontiguousarray(state[:, :, keep])
-            if not len(active):
-                break
-    return [generated[i, :length[i]] for i in range(m)]
+    lengths = sample_lines(CELL_CODES[cfg.cell], model.cell.relu, model.params["embed"], layers[0]["W_x"],
+                           W_x, np.stack([lp["W_h"] for lp in layers]), np.stack([lp["b"] for lp in layers]),
+                           b_hn, *model.output.class_form(model.params), np.ascontiguousarray(primed[:, :, 0]),
+                           first, eos, temperature, top_k, top_p, rng.random((m, max_length)), generated)
+    return [generated[i, :lengths[i]] for i in range(m)]

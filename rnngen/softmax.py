@@ -69,6 +69,13 @@ class FullSoftmax:
         """V of o = softmax(h V + c), shape (hidden, vocab); the embedding if tied."""
         return p["embed"].T if self.tied else p["out.W"]
 
+    def class_form(self, p):
+        """(V, c, class V, class c, class bounds): this layer as a class softmax; the full
+        softmax is one class holding every word. What the sampling kernel takes."""
+        W = self.weight(p)
+        return (np.ascontiguousarray(W), p["out.b"], np.zeros((W.shape[0], 1), dtype=W.dtype),
+                np.zeros(1, dtype=W.dtype), np.array([0, W.shape[1]], dtype=np.int64))
+
     def _logits(self, p, top):
         out = top @ self.weight(p)
         out += p["out.b"]
@@ -107,6 +114,9 @@ class ClassSoftmax(FullSoftmax):
         shapes["cls.W"] = (config.hidden, self.n_classes)
         shapes["cls.b"] = (self.n_classes,)
         return shapes
+
+    def class_form(self, p):
+        return np.ascontiguousarray(self.weight(p)), p["out.b"], p["cls.W"], p["cls.b"], self.bounds
 
     def _groups(self, targets):
         """(class, rows whose target is in it) for every class that occurs."""

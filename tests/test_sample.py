@@ -6,7 +6,7 @@ import pytest
 from rnngen.errors import RnngenError
 from rnngen.kernels import sample_rows
 from rnngen.model import Model, ModelConfig
-from rnngen.sample import sample
+from rnngen.sample import _sample_block, sample
 from rnngen.vocab import Vocab
 
 
@@ -84,3 +84,62 @@ def test_bad_options_are_refused(lm):
                    {"prime": "zzz qqq"}):
         with pytest.raises(RnngenError):
             sample(model, vocab, **kwargs)
+
+
+def built(cell, layers, softmax, tie=False, seed=5):
+    vocab = Vocab.build(["a b c d e f g h", "h g f e d c b a", "a a b b c"])
+    counts = np.arange(len(vocab))[::-1].astype(float)
+    cfg = ModelConfig(vocab_size=len(vocab), cell=cell, hidden=10, layers=layers, softmax=softmax,
+                      classes=3, tie_weights=tie).with_classes(counts)
+    model = Model.init(cfg, seed=seed)
+    for v in model.params.values():
+        v *= 3.0
+    return model, vocab
+
+
+CONFIGS = [("lstm", 2, "full", False), ("gru", 2, "class", False),
+           ("rnn", 3, "class", True), ("lstm", 1, "class", True)]
+
+
+@pytest.mark.parametrize("cell,layers,softmax,tie", CONFIGS)
+def test_every_cell_and_depth_samples_the_argmax_path(cell, layers, softmax, tie):
+    model, vocab = built(cell, layers, softmax, tie)
+    assert sample(model, vocab, n=4, temperature=0, max_length=15) == [greedy_path(model, vocab, 15)] * 4
+
+
+@pytest.mark.parametrize("cell,layers,softmax,tie", CONFIGS)
+def test_drawn_tokens_follow_the_models_distribution(cell, layers, softmax, tie):
+    """The first token of 6000 lines, drawn in the sampling kernel, against p(w | <eos>)
+    from the model's own forward pass and output layer."""
+    model, vocab = built(cell, layers, softmax, tie)
+    top, _, _ = model.hidden_forward(np.zeros((1, 1), dtype=np.int32), model.zero_state(1))
+    p = np.exp(model.next_logprobs(top[0])[0])
+    lines = sample(model, vocab, n=6000, max_length=1, seed=11)
+    counts = np.bincount([vocab.index[w] if w else vocab.eos for w in lines], minlength=len(vocab))
+    assert np.abs(counts / 6000 - p).max() < 0.025
+
+
+class FixedUniforms:
+    """Stands in for the random generator: hands out the given uniforms."""
+
+    def __init__(self, u):
+        self.u = u
+
+    def random(self, shape):
+        assert shape == self.u.shape
+        return self.u
+
+
+@pytest.mark.parametrize("cell,layers,softmax", [("rnn", 1, "full"), ("lstm", 2, "class"), ("gru", 2, "full")])
+def test_lines_that_end_early_leave_the_others_intact(cell, layers, softmax):
+    """Lines sampled together equal each line sampled alone with the same random numbers,
+    although some lines end (and leave the batch) before others."""
+    model, vocab = built(cell, layers, softmax)
+    u = np.random.default_rng(2).random((40, 12))
+    together = _sample_block(model, model.zero_state(1), vocab.eos, 40, vocab.eos, 1.0, 0, 1.0, 12,
+                             FixedUniforms(u))
+    assert sum(len(ids) < 12 for ids in together) >= 5
+    for i in range(40):
+        alone = _sample_block(model, model.zero_state(1), vocab.eos, 1, vocab.eos, 1.0, 0, 1.0, 12,
+                              FixedUniforms(u[i:i + 1]))
+        assert np.array_equal(alone[0], together[i])
