@@ -6,7 +6,7 @@ RNNGEN := $(VENV)/bin/rnngen
 DEMO   := demo-model.npz
 CORPUS := corpora/agreement
 
-.PHONY: demo test test-slow lint bench bench-quality clean
+.PHONY: demo test test-slow lint bench bench-quality bench-memory clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(VENV)/.bench-installed
 ## bench-quality: the published PTB / Shakespeare configurations (hours; one at a time)
 bench-quality: $(VENV)/.installed
 	for run in rnn200 lstm-small shakespeare lstm-medium; do bash bench/quality.sh $$run; done
+
+## bench-memory: peak RSS and tokenising speed on a generated 50M-token corpus (a few minutes)
+bench-memory: $(VENV)/.installed
+	$(PY) bench/memory.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check rnngen tests bench corpora

@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
     from rnngen.optim import SGD, clip_scale, global_norm
     from rnngen.sample import sample
     from rnngen.score import stream_logprob
-    from rnngen.train import batchify
+    from rnngen.train import batchify, time_major
     from rnngen.vocab import Vocab
 
     if args.cell not in CELLS:
@@ -54,12 +54,13 @@ def main(argv=None) -> dict:
     model = Model.init(config, seed=args.seed)
     optim = SGD(model.params)
     inputs, targets = batchify(train_ids, args.batch)
-    n_chunks = len(inputs) // args.bptt
+    n_chunks = inputs.shape[1] // args.bptt
     state = model.zero_state(args.batch)
 
     def step(i: int) -> float:
         nonlocal state
-        x, y = inputs[i * args.bptt:(i + 1) * args.bptt], targets[i * args.bptt:(i + 1) * args.bptt]
+        start, stop = i * args.bptt, (i + 1) * args.bptt
+        x, y = time_major(inputs, start, stop), time_major(targets, start, stop)
         nll, grads, new_state = model.loss_and_grads(x, y, state, None)
         if not math.isfinite(nll):
             raise SystemExit(f"training diverged at chunk {i}")

@@ -20,7 +20,7 @@ import numpy as np
 from rnngen import blas
 from rnngen.model import Model, ModelConfig
 from rnngen.optim import SGD, clip_scale, global_norm
-from rnngen.train import batchify, prepare_data
+from rnngen.train import batchify, prepare_data, time_major
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
         model = Model.init(cfg, seed=0)
         runs[softmax] = {"model": model, "optim": SGD(model.params), "state": model.zero_state(20), "times": []}
     for i in range(args.chunks + 2):
-        x, y = inputs[i * 35:(i + 1) * 35], targets[i * 35:(i + 1) * 35]
+        x, y = time_major(inputs, i * 35, (i + 1) * 35), time_major(targets, i * 35, (i + 1) * 35)
         for run in runs.values():
             t0 = time.perf_counter()
             _, grads, run["state"] = run["model"].loss_and_grads(x, y, run["state"])

@@ -285,15 +285,18 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
     """
     from .errors import RnngenError
     from .score import score_lines, stream_logprob
-    from .textio import decode_arg, read_lines
+    from .textio import decode_arg
 
     sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
     ckpt = _load_for_use(model_path, threads)
     model, vocab = ckpt.model, ckpt.vocab
     totals = [0.0, 0]
     if stream_path:
-        lines = read_lines(stream_path, encoding_errors)
-        ids = vocab.encode_stream(lines)
+        from .corpus import encode_files
+        from .textio import TextFile
+
+        with TextFile(stream_path, encoding_errors) as text_file:
+            ids = encode_files([text_file], vocab)
         logprob, count = stream_logprob(model, ids)
         from .score import SentenceScore
 

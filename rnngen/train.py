@@ -14,7 +14,9 @@ import signal
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -81,15 +83,38 @@ MAX_RECOVERIES = 3      # divergences in a row (each halving the learning rate) 
 
 
 def batchify(ids: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut the stream into ``batch_size`` contiguous columns: inputs and next-token targets (L, B)."""
+    """Cut the stream into ``batch_size`` contiguous rows: inputs and next-token targets as
+    (B, L) views of ``ids``, so a corpus (maybe memory-mapped) is not copied; ``time_major``
+    takes out the chunks."""
     L = (len(ids) - 1) // batch_size
-    inputs = ids[: batch_size * L].reshape(batch_size, L).T
-    targets = ids[1: batch_size * L + 1].reshape(batch_size, L).T
-    return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
+    inputs = ids[: batch_size * L].reshape(batch_size, L)
+    targets = ids[1: batch_size * L + 1].reshape(batch_size, L)
+    return inputs, targets
+
+
+def time_major(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Steps ``start:stop`` of (B, L) rows as the contiguous (T, B) int32 array a model reads."""
+    return np.ascontiguousarray(rows[:, start:stop].T, dtype=np.int32)
+
+
+# Ids a whole-stream pass takes at a time, so that it makes no copy of the (maybe memory-mapped) stream.
+STREAM_PIECE = 1 << 22
 
 
 def fingerprint(ids: np.ndarray) -> str:
-    return f"{ids.size}:{zlib.crc32(ids.tobytes()):08x}"
+    """Length and CRC-32 of the stream's bytes: ``--resume`` checks that the data is the same."""
+    crc = 0
+    for start in range(0, ids.size, STREAM_PIECE):
+        crc = zlib.crc32(np.ascontiguousarray(ids[start:start + STREAM_PIECE]), crc)
+    return f"{ids.size}:{crc:08x}"
+
+
+def token_counts(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """How often each id occurs; np.bincount of the whole stream would make an int64 copy of it."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, ids.size, STREAM_PIECE):
+        counts += np.bincount(ids[start:start + STREAM_PIECE], minlength=vocab_size)
+    return counts
 
 
 class _Signals:
@@ -161,13 +186,13 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     if len(train_ids) < 2:
         raise RnngenError("the training corpus needs at least 2 tokens")
     inputs, targets = batchify(train_ids, config.batch_size)
-    n_chunks = math.ceil(len(inputs) / config.bptt)
+    n_chunks = math.ceil(inputs.shape[1] / config.bptt)
 
     if resume is not None:
         model, best, history, progress_state = _restore(resume, config, train_ids, n_chunks)
         vocab = resume.vocab
     else:
-        model_config = model_config.with_classes(np.bincount(train_ids, minlength=model_config.vocab_size))
+        model_config = model_config.with_classes(token_counts(train_ids, model_config.vocab_size))
         model = Model.init(model_config, seed=config.seed)
         best = None
         history = []
@@ -284,7 +309,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
             while ps["chunk"] < n_chunks:
                 t0 = time.perf_counter()
                 start = ps["chunk"] * config.bptt
-                x, y = inputs[start:start + config.bptt], targets[start:start + config.bptt]
+                x, y = time_major(inputs, start, start + config.bptt), time_major(targets, start, start + config.bptt)
                 masks = model.dropout_masks(rng, *x.shape) if model.config.dropout > 0 else None
                 nll, grads, new_state = model.loss_and_grads(x, y, state, masks)
                 norm = global_norm(grads)
@@ -379,9 +404,11 @@ def prepare_data(corpus_paths: list[str], valid_path: str | None = None, valid_f
 
     Without ``valid_path`` the last ``valid_fraction`` of the lines is held out; a corpus
     too short for that trains without validation (and says so). Returns (vocab, train ids,
-    valid ids or None). The vocabulary comes from the training lines only.
+    valid ids or None). The vocabulary comes from the training lines only. The files are
+    read a block at a time (see ``rnngen.corpus``); a long id stream is memory-mapped.
     """
-    from .textio import read_lines
+    from .corpus import count_corpus, encode_files
+    from .textio import TextFile
 
     if vocab_size < 0:
         raise RnngenError("--vocab-size must be 0 (no limit) or more")
@@ -389,22 +416,25 @@ def prepare_data(corpus_paths: list[str], valid_path: str | None = None, valid_f
         raise RnngenError("--min-count must be at least 1")
     if not 0 <= valid_fraction < 1:
         raise RnngenError("--valid-fraction must be in [0, 1)")
-    lines: list[str] = []
-    for path in corpus_paths:
-        lines.extend(read_lines(path, encoding_errors))
-    valid_lines = None
-    if valid_path is not None:
-        valid_lines = read_lines(valid_path, encoding_errors)
-    elif valid_fraction > 0:
-        n_valid = int(len(lines) * valid_fraction)
-        if n_valid == 0:
-            log(f"rnngen: the corpus has only {len(lines)} line{'s' if len(lines) > 1 else ''}, too few to "
-                f"hold out {valid_fraction:g} for validation; training without (pass --valid FILE to validate)")
-        else:
-            lines, valid_lines = lines[:-n_valid], lines[-n_valid:]
-    if vocab is None:
-        vocab = Vocab.build(lines, unit=unit, lowercase=lowercase, max_size=vocab_size or None,
-                            min_count=min_count)
-    train_ids = vocab.encode_stream(lines)
-    valid_ids = vocab.encode_stream(valid_lines) if valid_lines else None
+    with ExitStack() as opened:
+        corpus = [opened.enter_context(TextFile(path, encoding_errors)) for path in corpus_paths]
+        valid_file = opened.enter_context(TextFile(valid_path, encoding_errors)) if valid_path is not None else None
+        n_lines = sum(text_file.lines for text_file in corpus)
+        n_valid = 0
+        if valid_file is None and valid_fraction > 0:
+            n_valid = int(n_lines * valid_fraction)
+            if n_valid == 0:
+                log(f"rnngen: the corpus has only {n_lines} line{'s' if n_lines > 1 else ''}, too few to "
+                    f"hold out {valid_fraction:g} for validation; training without (pass --valid FILE to validate)")
+        counts: Counter[str] | None = Counter() if vocab is None else None     # a given vocabulary is kept
+        if vocab is not None:
+            unit, lowercase = vocab.unit, vocab.lowercase
+        n_train, n_held_out = count_corpus(corpus, unit, lowercase, n_lines - n_valid, counts)
+        if counts is not None:
+            vocab = Vocab.from_counts(counts, unit=unit, lowercase=lowercase, max_size=vocab_size or None,
+                                      min_count=min_count)
+        ids = encode_files(corpus, vocab, n_train + n_held_out)
+        train_ids, valid_ids = ids[:n_train], (ids[n_train:] if n_valid else None)
+        if valid_file is not None:
+            valid_ids = encode_files([valid_file], vocab)
     return vocab, train_ids, valid_ids
