@@ -6,7 +6,7 @@ RNNGEN := $(VENV)/bin/rnngen
 DEMO   := demo-model.npz
 CORPUS := corpora/agreement
 
-.PHONY: demo test test-slow lint bench bench-quality bench-memory clean
+.PHONY: demo test test-slow lint bench bench-quality bench-memory bench-ttp clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(VENV)/.bench-installed
 ## bench-quality: the published PTB / Shakespeare configurations (hours; one at a time)
 bench-quality: $(VENV)/.installed
 	for run in rnn200 lstm-small shakespeare lstm-medium; do bash bench/quality.sh $$run; done
+
+## bench-ttp: time to a PTB valid perplexity, rnngen class/full softmax vs PyTorch (about 20 min)
+bench-ttp: $(VENV)/.bench-installed
+	$(PY) bench/time_to_ppl.py
 
 ## bench-memory: peak RSS and tokenising speed on a generated 50M-token corpus (a few minutes)
 bench-memory: $(VENV)/.installed
