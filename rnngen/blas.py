@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import importlib.machinery
+import importlib.util
 import os
+import sys
 
 _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
             "openblas_set_num_threads64_", "openblas_set_num_threads")
@@ -47,6 +50,29 @@ def _set(package: str, threads: int) -> bool:
                 done = True
                 break
     return done
+
+
+def load_kernel_blas() -> None:
+    """Load the table of SciPy's BLAS functions that Numba's ``np.dot`` calls, by itself.
+
+    Numba finds it by importing ``scipy.linalg.cython_blas``, which first runs all of
+    ``scipy.linalg/__init__`` (0.2-0.5 s, a third of the start-up of ``rnngen score``).
+    The extension module needs nothing from that package, so it is loaded straight from
+    its file; a later ``import scipy.linalg`` still works. Falls back to the normal import.
+    """
+    name = "scipy.linalg.cython_blas"
+    spec = importlib.util.find_spec("scipy")
+    if name in sys.modules or spec is None or not spec.submodule_search_locations:
+        return
+    folder = os.path.join(spec.submodule_search_locations[0], "linalg")
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(folder, "cython_blas" + suffix)
+        if os.path.exists(path):
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+            sys.modules[name] = module
+            return
 
 
 def single_thread_kernel_blas() -> None:

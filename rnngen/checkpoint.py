@@ -142,10 +142,12 @@ def _fsync_folder(folder: str) -> None:
         pass
 
 
-def load(path: str) -> Checkpoint:
-    """Read and validate a checkpoint; any problem raises RnngenError naming the file."""
+def load(path: str, training_state: bool = True) -> Checkpoint:
+    """Read and validate a checkpoint; any problem raises RnngenError naming the file.
+    ``training_state=False`` leaves the arrays only ``--resume`` needs (the optimiser's,
+    up to twice the model's size) unread: scoring and sampling start sooner."""
     try:
-        return _load(path)
+        return _load(path, training_state)
     except RnngenError as exc:
         raise RnngenError(f"{path}: {exc}") from None
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile,
@@ -153,7 +155,7 @@ def load(path: str) -> Checkpoint:
         raise RnngenError(f"{path}: not a valid rnngen checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def _load(path: str) -> Checkpoint:
+def _load(path: str, training_state: bool) -> Checkpoint:
     if not os.path.exists(path):
         raise RnngenError("no such file (train a model first: rnngen train CORPUS)")
     if os.path.isdir(path):
@@ -168,10 +170,10 @@ def _load(path: str) -> Checkpoint:
         if not zipfile.is_zipfile(fh):
             raise RnngenError("not an rnngen checkpoint (not an .npz archive)")
         with zipfile.ZipFile(fh) as zf:
-            return _read(zf, os.fstat(fh.fileno()).st_size)
+            return _read(zf, os.fstat(fh.fileno()).st_size, training_state)
 
 
-def _read(zf: zipfile.ZipFile, file_size: int) -> Checkpoint:
+def _read(zf: zipfile.ZipFile, file_size: int, training_state: bool = True) -> Checkpoint:
     members = _members(zf, file_size)
     if "meta" not in members:
         raise RnngenError("not an rnngen checkpoint (no meta member)")
@@ -208,7 +210,7 @@ def _read(zf: zipfile.ZipFile, file_size: int) -> Checkpoint:
     if unexpected:
         raise RnngenError(f"unexpected member {unexpected[0]!r}")
     arrays = {name: _finite(_read_array(zf, members[name], np.float32, shape), name)
-              for name, shape in expected.items()}
+              for name, shape in expected.items() if training_state or not name.startswith("resume.")}
     params = {k: arrays[f"param.{k}"] for k in shapes}
     resume = {k[len("resume."):]: v for k, v in arrays.items() if k.startswith("resume.")} or None
     return Checkpoint(Model(config, params), vocab, train, history, resume)

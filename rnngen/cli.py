@@ -30,7 +30,7 @@ def _load_for_use(path: str, threads: int):
     """Load a checkpoint and size the BLAS thread pool for its model."""
     from . import blas
 
-    ckpt = _load(path)
+    ckpt = _load(path, training_state=False)
     cfg = ckpt.model.config
     blas.set_threads(threads or blas.auto_threads(cfg.hidden, cfg.vocab_size))
     _announce_compiling()
@@ -67,10 +67,10 @@ def _announce_compiling() -> None:
         pass
 
 
-def _load(path: str):
+def _load(path: str, training_state: bool = True):
     from .checkpoint import load
 
-    return load(path)
+    return load(path, training_state)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -16,8 +16,9 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .blas import single_thread_kernel_blas
+from .blas import load_kernel_blas, single_thread_kernel_blas
 
+load_kernel_blas()
 single_thread_kernel_blas()
 
 # Let LLVM vectorise the elementwise loops: NumPy's error model drops the ZeroDivisionError
