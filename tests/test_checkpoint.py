@@ -65,3 +65,10 @@ def test_save_is_atomic_when_writing_fails(tiny_model_path, tmp_path, monkeypatc
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
     assert zipfile.is_zipfile(target)
+
+
+def test_loading_for_use_skips_only_the_training_state(tiny_model_path):
+    full = checkpoint.load(str(tiny_model_path))
+    for_use = checkpoint.load(str(tiny_model_path), training_state=False)
+    assert full.resume and for_use.resume is None
+    assert all(np.array_equal(full.model.params[k], v) for k, v in for_use.model.params.items())

@@ -119,3 +119,12 @@ def test_compile_notice_once_per_kernel_source(tmp_path, monkeypatch, capsys):
         cli_module._announce_compiling()
         notices.append("compiling" in capsys.readouterr().err)
     assert notices == [True, False, True, False]
+
+
+def test_scoring_does_not_import_all_of_scipy_linalg(trained):
+    """Start-up: the kernels' BLAS table is loaded by itself (rnngen.blas.load_kernel_blas)."""
+    code = ("import sys; from rnngen.cli import main; sys.argv = ['rnngen', 'score', 'a b c'];\n"
+            "try: main()\nexcept SystemExit: pass\n"
+            "print('scipy.linalg' in sys.modules, 'scipy.linalg.cython_blas' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=trained)
+    assert proc.stderr.strip().splitlines()[-1] == "False True", proc.stderr
