@@ -94,13 +94,16 @@ class ModelConfig:
 
 
 class Model:
-    """Parameters plus the forward and backward passes. Dtype follows the parameters."""
+    """Parameters plus the forward and backward passes. Dtype follows the parameters.
+    The model owns ``params``: the output layer may store some of them together (views of
+    one array, see FullSoftmax.prepare); update them in place."""
 
     def __init__(self, config: ModelConfig, params: dict[str, np.ndarray]):
         self.config = config
         self.params = params
         self.cell = make_cell(config.cell, config.activation)
         self.output = OUTPUTS[config.softmax](config)
+        self.output.prepare(params)
 
     @classmethod
     def init(cls, config: ModelConfig, seed: int = 0, dtype=np.float32) -> Model:

@@ -13,28 +13,47 @@ from __future__ import annotations
 import numpy as np
 
 
-def _exp_shifted(logits: np.ndarray, targets: np.ndarray):
-    """In place, logits <- exp(logits - row max). Returns (row indices, target logit minus
-    the row max, row sums): the pieces of a stable log-softmax, one pass each."""
+def _exp_shifted(logits: np.ndarray, targets: np.ndarray, logits_of=None):
+    """In place, logits <- exp(logits - s) per row. Returns (row indices, target logit
+    minus s, row sums): the pieces of a stable log-softmax.
+
+    With ``logits_of`` (rows -> those rows' logits afresh) s is 0 wherever that is exact:
+    a language model's logits are far from exp's overflow (88 in float32), and skipping the
+    row max saves two of the few passes over the (tokens x vocabulary) matrix. Rows whose
+    sum overflowed or came near underflow (or are NaN) are computed again with s = row max.
+    """
     rows = np.arange(len(targets))
-    m = logits.max(axis=1)
-    picked = logits[rows, targets] - m
-    logits -= m[:, None]
-    np.exp(logits, out=logits)
-    return rows, picked, logits.sum(axis=1)
+    if logits_of is None:
+        m = logits.max(axis=1)
+        picked = logits[rows, targets] - m
+        logits -= m[:, None]
+        np.exp(logits, out=logits)
+        return rows, picked, logits.sum(axis=1)
+    picked = logits[rows, targets]
+    with np.errstate(over="ignore", under="ignore"):        # such rows are redone below
+        np.exp(logits, out=logits)
+    z = logits.sum(axis=1)
+    info = np.finfo(logits.dtype)
+    redo = np.flatnonzero(~((z > info.tiny / info.eps) & (z < info.max)))
+    if len(redo):
+        fresh = logits_of(redo)
+        _, picked[redo], z[redo] = _exp_shifted(fresh, targets[redo])
+        logits[redo] = fresh
+    return rows, picked, z
 
 
-def softmax_xent_grad(logits: np.ndarray, targets: np.ndarray, scale: float) -> np.ndarray:
-    """Per-row log p[target]; turns ``logits`` in place into scale * (softmax - onehot)."""
-    rows, picked, z = _exp_shifted(logits, targets)
+def softmax_xent_grad(logits: np.ndarray, targets: np.ndarray, scale: float, logits_of=None) -> np.ndarray:
+    """Per-row log p[target]; turns ``logits`` in place into scale * (softmax - onehot).
+    ``logits_of``: see ``_exp_shifted``."""
+    rows, picked, z = _exp_shifted(logits, targets, logits_of)
     logits *= (scale / z)[:, None].astype(logits.dtype)
     logits[rows, targets] -= logits.dtype.type(scale)
     return picked - np.log(z)
 
 
-def log_softmax_pick(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def log_softmax_pick(logits: np.ndarray, targets: np.ndarray, logits_of=None) -> np.ndarray:
     """log softmax(logits)[i, targets[i]] for each row, computed stably. Destroys logits."""
-    _, picked, z = _exp_shifted(logits, targets)
+    _, picked, z = _exp_shifted(logits, targets, logits_of)
     return picked - np.log(z)
 
 
@@ -76,28 +95,60 @@ class FullSoftmax:
         return (np.ascontiguousarray(W), p["out.b"], np.zeros((W.shape[0], 1), dtype=W.dtype),
                 np.zeros(1, dtype=W.dtype), np.array([0, W.shape[1]], dtype=np.int64))
 
+    def prepare(self, p) -> None:
+        """Store out.W (H, V) and out.b (V,) as the rows of one (H+1, V) array; ``p`` then
+        holds views of it. [h, 1] [V; c] is h V + c, and [h, 1]^T dlogits is the gradient of
+        both: the bias costs no pass of its own over the (tokens x vocabulary) logits."""
+        if self.tied:
+            return
+        W, c = p["out.W"], p["out.b"]
+        stacked = np.concatenate((W, c[None]))
+        p["out.W"], p["out.b"] = stacked[:-1], stacked[-1]
+
     def _logits(self, p, top):
-        out = top @ self.weight(p)
-        out += p["out.b"]
-        return out
+        """h V + c for rows h of ``top``; also [h, 1] when out.W and out.b are stacked."""
+        stacked = _stacked(p)
+        if stacked is None:
+            out = top @ self.weight(p)
+            out += p["out.b"]
+            return out, None
+        h1 = np.empty((len(top), stacked.shape[0]), dtype=top.dtype)
+        h1[:, :-1] = top
+        h1[:, -1] = 1.0
+        return h1 @ stacked, h1
 
     def logprobs(self, p, top, targets):
-        return log_softmax_pick(self._logits(p, top), targets)
+        return log_softmax_pick(self._logits(p, top)[0], targets, lambda rows: self._logits(p, top[rows])[0])
 
     def all_logprobs(self, p, top):
-        return log_softmax(self._logits(p, top))
+        return log_softmax(self._logits(p, top)[0])
 
     def loss_grad(self, p, top, targets, scale):
         """(log p[target] per row, dL/dtop, gradients) for L = -scale * sum log p."""
-        dlogits = self._logits(p, top)
-        logp = softmax_xent_grad(dlogits, targets, scale)
-        d_w = top.T @ dlogits
-        grads = {"out.b": dlogits.sum(axis=0)}
-        if self.tied:
-            grads["embed"] = d_w.T
+        dlogits, h1 = self._logits(p, top)
+        logp = softmax_xent_grad(dlogits, targets, scale, lambda rows: self._logits(p, top[rows])[0])
+        if h1 is not None:
+            d_stacked = h1.T @ dlogits
+            grads = {"out.W": d_stacked[:-1], "out.b": d_stacked[-1]}
         else:
-            grads["out.W"] = d_w
+            d_w = top.T @ dlogits
+            grads = {"out.b": dlogits.sum(axis=0)}
+            if self.tied:
+                grads["embed"] = d_w.T
+            else:
+                grads["out.W"] = d_w
         return logp, dlogits @ self.weight(p).T, grads
+
+
+def _stacked(p):
+    """The (H+1, V) array whose rows are out.W and out.b (see FullSoftmax.prepare), or None
+    when they are separate arrays."""
+    W, c = p.get("out.W"), p["out.b"]
+    stacked = getattr(W, "base", None)
+    if (stacked is None or c.base is not stacked or stacked.shape != (W.shape[0] + 1, W.shape[1])
+            or W.ctypes.data != stacked.ctypes.data or c.ctypes.data != stacked[-1].ctypes.data):
+        return None
+    return stacked
 
 
 class ClassSoftmax(FullSoftmax):
@@ -114,6 +165,9 @@ class ClassSoftmax(FullSoftmax):
         shapes["cls.W"] = (config.hidden, self.n_classes)
         shapes["cls.b"] = (self.n_classes,)
         return shapes
+
+    def prepare(self, p) -> None:
+        """Nothing to do: each class's words take their own slices of out.W and out.b."""
 
     def class_form(self, p):
         return np.ascontiguousarray(self.weight(p)), p["out.b"], p["cls.W"], p["cls.b"], self.bounds

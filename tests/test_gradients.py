@@ -146,3 +146,16 @@ def test_lstm_forget_bias_is_one():
     p = make_cell("lstm").init_params(3, 4, np.random.default_rng(0), np.float32)
     np.testing.assert_array_equal(p["b"][4:8], 1.0)
     assert np.all(np.abs(p["b"][:4]) < 1) and np.all(np.abs(p["b"][8:]) < 1)
+
+
+def test_untied_output_weights_and_bias_share_one_array():
+    """The fast path of FullSoftmax (bias as an extra row of the output matrix) is the one
+    the gradient checks above exercise, and it survives a checkpoint's separate arrays."""
+    from rnngen.softmax import _stacked
+
+    model = Model.init(ModelConfig(vocab_size=V, hidden=4), seed=0)
+    assert _stacked(model.params) is not None
+    separate = {k: v.copy() for k, v in model.params.items()}
+    assert _stacked(separate) is None and _stacked(Model(model.config, separate).params) is not None
+    tied = Model.init(ModelConfig(vocab_size=V, hidden=4, tie_weights=True), seed=0)
+    assert "out.W" not in tied.params

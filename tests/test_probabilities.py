@@ -59,3 +59,30 @@ def test_stream_scoring_is_chunk_independent():
     whole, _ = chunked_logprobs(model, inputs, ids[:, None], chunk=600)
     chunked, _ = chunked_logprobs(model, inputs, ids[:, None], chunk=7)
     assert np.allclose(whole, chunked, atol=1e-12)
+
+
+def test_unshifted_softmax_recomputes_rows_where_exp_overflows_or_underflows():
+    from rnngen.softmax import log_softmax_pick, softmax_xent_grad
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (7, 50)).astype(np.float32)
+    logits[1] += 120        # every exp overflows float32
+    logits[3] -= 120        # every exp underflows
+    logits[4, 7] = 95       # one entry overflows
+    logits[5, 0] = np.nan   # stays NaN (divergence detection relies on it)
+    targets = rng.integers(0, 50, 7)
+    asked = []
+
+    def fresh(rows):
+        asked.extend(rows)
+        return logits[rows].copy()
+
+    got, ref = log_softmax_pick(logits.copy(), targets, fresh), log_softmax_pick(logits.copy(), targets)
+    assert sorted(asked) == [1, 3, 4, 5]
+    assert np.isnan(got[5]) and np.isnan(ref[5])
+    keep = [0, 1, 2, 3, 4, 6]
+    assert np.isfinite(got[keep]).all() and np.allclose(got[keep], ref[keep], atol=1e-5)
+    grad, grad_ref = logits.copy(), logits.copy()
+    lp = softmax_xent_grad(grad, targets, 0.5, fresh)
+    lp_ref = softmax_xent_grad(grad_ref, targets, 0.5)
+    assert np.allclose(lp[keep], lp_ref[keep], atol=1e-5) and np.allclose(grad[keep], grad_ref[keep], atol=1e-6)
