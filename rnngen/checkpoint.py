@@ -91,6 +91,7 @@ def save(path: str, ckpt: Checkpoint) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _remove_stale_temps(path)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -127,8 +128,36 @@ def check_writable(path: str, size: int = 0) -> None:
 
 
 def _temp_name(path: str) -> str:
+    """``.<name>.<pid>-<random>.tmp`` next to ``path``: same file system, so the rename is atomic."""
     folder, base = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+    return os.path.join(folder, f".{base}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _remove_stale_temps(path: str) -> None:
+    """Delete temporary files of ``path`` left by writers that no longer run (killed with
+    SIGKILL or by a power cut mid-write); a running writer's file is left alone."""
+    folder, base = os.path.split(os.path.abspath(path))
+    prefix = f".{base}."
+    for name in os.listdir(folder):
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):-len(".tmp")].partition("-")[0]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                 # exists, owned by someone else
+        return True
+    return True
 
 
 def _fsync_folder(folder: str) -> None:

@@ -1,6 +1,7 @@
 """Checkpoint round trip: the loaded model scores and samples exactly like the saved one."""
 
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -72,3 +73,18 @@ def test_loading_for_use_skips_only_the_training_state(tiny_model_path):
     for_use = checkpoint.load(str(tiny_model_path), training_state=False)
     assert full.resume and for_use.resume is None
     assert all(np.array_equal(full.model.params[k], v) for k, v in for_use.model.params.items())
+
+
+def test_save_removes_temporary_files_of_writers_that_died(tiny_model_path, tmp_path):
+    import subprocess
+    import sys
+
+    ckpt = checkpoint.load(str(tiny_model_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".model.npz.{dead.stdout.strip()}-0123456789ab.tmp"     # its writer was killed
+    live = tmp_path / f".model.npz.{os.getppid()}-0123456789ab.tmp"               # a writer still running
+    other = tmp_path / f".other.npz.{dead.stdout.strip()}-0123456789ab.tmp"      # another checkpoint's
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    checkpoint.save(str(tmp_path / "model.npz"), ckpt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.npz", live.name, other.name])
