@@ -91,7 +91,6 @@ def save(path: str, ckpt: Checkpoint) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _remove_stale_temps(path)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -100,6 +99,7 @@ def save(path: str, ckpt: Checkpoint) -> None:
                               "(any previous checkpoint there is unchanged)") from None
         raise
     _fsync_folder(folder)
+    _remove_stale_temps(path)
 
 
 def check_writable(path: str, size: int = 0) -> None:
@@ -138,7 +138,11 @@ def _remove_stale_temps(path: str) -> None:
     SIGKILL or by a power cut mid-write); a running writer's file is left alone."""
     folder, base = os.path.split(os.path.abspath(path))
     prefix = f".{base}."
-    for name in os.listdir(folder):
+    try:
+        names = os.listdir(folder)
+    except OSError:                 # the checkpoint is written; tidying up is optional
+        return
+    for name in names:
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
         pid = name[len(prefix):-len(".tmp")].partition("-")[0]

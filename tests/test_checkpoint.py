@@ -88,3 +88,15 @@ def test_save_removes_temporary_files_of_writers_that_died(tiny_model_path, tmp_
         p.write_bytes(b"partial")
     checkpoint.save(str(tmp_path / "model.npz"), ckpt)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.npz", live.name, other.name])
+
+
+def test_a_written_checkpoint_is_not_reported_as_failed_when_tidying_up_fails(tiny_model_path, tmp_path,
+                                                                               monkeypatch):
+    ckpt = checkpoint.load(str(tiny_model_path))
+
+    def unreadable(folder):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(checkpoint.os, "listdir", unreadable)
+    checkpoint.save(str(tmp_path / "model.npz"), ckpt)
+    assert checkpoint.load(str(tmp_path / "model.npz")).model.config == ckpt.model.config
