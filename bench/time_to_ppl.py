@@ -50,11 +50,11 @@ def rnngen_side(args, train_ids, valid_ids, V) -> dict:
     from rnngen.model import Model, ModelConfig
     from rnngen.optim import clip_scale, global_norm, make_optimizer
     from rnngen.score import stream_logprob
-    from rnngen.train import batchify, time_major
+    from rnngen.train import batchify, time_major, token_counts
 
     m = MODEL
     config = ModelConfig(vocab_size=V, hidden=m["hidden"], softmax=args.softmax).with_classes(
-        __import__("numpy").bincount(train_ids, minlength=V))
+        token_counts(train_ids, V))
     model = Model.init(config, seed=m["seed"])
     optim = make_optimizer("adam", model.params)
     inputs, targets = batchify(train_ids, m["batch"])
