@@ -28,12 +28,12 @@ def threads_option(f):
 
 def _load_for_use(path: str, threads: int):
     """Load a checkpoint and size the BLAS thread pool for its model."""
-    from . import blas
+    from . import blas, jit
 
     ckpt = _load(path, training_state=False)
     cfg = ckpt.model.config
     blas.set_threads(threads or blas.auto_threads(cfg.hidden, cfg.vocab_size))
-    _announce_compiling()
+    jit.before_compile(_announce_compiling)
     return ckpt
 
 
@@ -47,7 +47,7 @@ def _compiled_marker() -> str | None:
     if not os.access(package, os.W_OK):
         return None
     digest = hashlib.sha256()
-    for name in ("kernels.py", "optim.py"):
+    for name in ("kernels.py", "optim.py", "jit.py"):
         with open(os.path.join(package, name), "rb") as fh:
             digest.update(fh.read())
     return os.path.join(package, "__pycache__", f"rnngen-compiled-{digest.hexdigest()[:16]}")
@@ -159,6 +159,7 @@ def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, voca
     also saved every --checkpoint-every seconds, always atomically. A NaN or infinite loss
     goes back to the last saved state with half the learning rate (at most 3 times in a row).
     """
+    from . import jit
     from .checkpoint import check_writable
     from .errors import RnngenError
     from .model import ModelConfig
@@ -191,7 +192,7 @@ def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, voca
     log(f"rnngen: {len(train_ids):,} training tokens, "
         f"{len(valid_ids) if valid_ids is not None else 0:,} validation tokens, vocabulary {len(vocab):,}")
     if not quiet:
-        _announce_compiling()
+        jit.before_compile(_announce_compiling)
     try:
         run_training(train_ids, valid_ids, vocab, model_config, config, output, resume=resume, log=log,
                      progress=not quiet and sys.stderr.isatty(), threads=threads)

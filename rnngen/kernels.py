@@ -1,4 +1,5 @@
 """Numba kernels: the per-time-step recurrence of each cell, forward and backward.
+(Registered with ``jit.kernel``: compiled on first use, run as Python for tiny jobs.)
 
 Each kernel runs a whole chunk of T time steps for a batch of B streams. The input
 projection ``x_t U + b`` of the whole chunk is one matrix product done by the caller
@@ -13,20 +14,9 @@ in its candidate block), and return the gradient with respect to the initial sta
 """
 
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
 
 from .blas import load_kernel_blas, single_thread_kernel_blas
-
-load_kernel_blas()
-single_thread_kernel_blas()
-
-# Let LLVM vectorise the elementwise loops: NumPy's error model drops the ZeroDivisionError
-# branch Numba puts in every division (it blocked vectorising tanh's rational form, 3x), and
-# these fast-math flags allow fused multiply-adds and reciprocals — not assuming away NaN
-# or inf, which divergence detection relies on.
-LOOP_OPTIONS = {"error_model": "numpy", "fastmath": {"contract", "arcp", "afn"}}
-
+from .jit import LOOP_OPTIONS, before_compile, kernel
 
 # --- non-linearities ----------------------------------------------------------------
 
@@ -54,29 +44,38 @@ def _tanh_float32(a):
     return a * p / q
 
 
-@overload(tanh)
-def _tanh_overload(a):
-    if a == types.float32:
-        return _tanh_float32
-    return lambda a: np.tanh(a)
-
-
 def sigmoid(a):
     """σ(a) = 1 / (1 + e^{-a}); in float32 computed as (1 + tanh(a/2)) / 2 to vectorise."""
     return 1.0 / (1.0 + np.exp(-a))
 
 
-@overload(sigmoid)
-def _sigmoid_overload(a):
-    if a == types.float32:
-        half = np.float32(0.5)
-        return lambda a: half * tanh(half * a) + half
-    return lambda a: 1.0 / (1.0 + np.exp(-a))
+@before_compile
+def _numba_setup():
+    """Before compiling: the BLAS that Numba's np.dot calls (SciPy's), on one thread, and the
+    float32 forms of tanh and σ that LLVM vectorises."""
+    from numba import types
+    from numba.extending import overload
+
+    load_kernel_blas()
+    single_thread_kernel_blas()
+
+    @overload(tanh)
+    def _tanh_overload(a):
+        if a == types.float32:
+            return _tanh_float32
+        return lambda a: np.tanh(a)
+
+    @overload(sigmoid)
+    def _sigmoid_overload(a):
+        if a == types.float32:
+            half = np.float32(0.5)
+            return lambda a: half * tanh(half * a) + half
+        return lambda a: 1.0 / (1.0 + np.exp(-a))
 
 
 # --- vanilla RNN: s_t = f(x_t U + s_{t-1} W + b) ------------------------------------
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def rnn_step(x_b, r_b, relu, s):
     """One row of one step: s = f(a), a = x_t U + b (x_b) + s_{t-1} W (r_b)."""
     for j in range(len(s)):
@@ -84,7 +83,7 @@ def rnn_step(x_b, r_b, relu, s):
         s[j] = max(a, 0.0) if relu else tanh(a)                     # s_t = f(a_t)
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def rnn_forward(xproj, W, s0, relu, s):
     """Fill ``s[t]`` with s_t = f(x_t U + b + s_{t-1} W), f = tanh or relu."""
     T, B, H = s.shape
@@ -97,7 +96,7 @@ def rnn_forward(xproj, W, s0, relu, s):
         s_prev = s[t]
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def rnn_backward(ds, s, W, relu, dpre):
     """BPTT through the chunk: ds[t] is dL/ds_t from above; returns dL/ds_0 (initial)."""
     T, B, H = s.shape
@@ -119,7 +118,7 @@ def rnn_backward(ds, s, W, relu, dpre):
 #   c_t = f*c_{t-1} + i*g        h_t = o*tanh(c_t)
 # ``acts`` keeps the post-activation gates (T, B, 4H) and ``tc`` keeps tanh(c_t), for backward.
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def lstm_step(x_b, r_b, c_prev, a, c, tc, h):
     """One row of one step: gates ``a`` = [i, f, g, o] from x_t W_x + b (x_b) and h_{t-1} W_h
     (r_b), then c = c_t, tc = tanh(c_t), h = h_t. ``c`` may be ``c_prev`` (updated in place)."""
@@ -138,7 +137,7 @@ def lstm_step(x_b, r_b, c_prev, a, c, tc, h):
         h[j] = a[3 * H + j] * tc[j]                                 # h_t = o*tanh(c_t)
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def lstm_forward(xproj, W, h0, c0, h, c, tc, acts):
     """Fill h[t], c[t], tc[t] = tanh(c_t) and acts[t] = [i, f, g, o] for the chunk, from (h0, c0)."""
     T, B, H = h.shape
@@ -153,7 +152,7 @@ def lstm_forward(xproj, W, h0, c0, h, c, tc, acts):
         c_prev = c[t]
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def lstm_backward(dh, c, tc, acts, W, c0, dpre):
     """BPTT through the chunk: dh[t] is dL/dh_t from above. Writes dpre = dL/da (T, B, 4H),
     which is also dL/d(h_{t-1} W_h); returns (dL/dh_0, dL/dc_0) for the initial state."""
@@ -188,7 +187,7 @@ def lstm_backward(dh, c, tc, acts, W, c0, dpre):
 #   h_t = (1-z)*n + z*h_{t-1}
 # ``acts`` keeps [r, z, n] (T, B, 3H) and ``hn`` keeps h_{t-1} W_hn + b_hn (T, B, H).
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def gru_step(x_b, r_b, b_hn, h_prev, a, hn, h):
     """One row of one step from x_t W_x + b (x_b) and h_{t-1} W_h (r_b): gates ``a`` = [r, z, n],
     hn = h_{t-1} W_hn + b_hn, and h = h_t. ``h`` may be ``h_prev`` (updated in place)."""
@@ -205,7 +204,7 @@ def gru_step(x_b, r_b, b_hn, h_prev, a, hn, h):
         hn[j] = hnj
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def gru_forward(xproj, W, b_hn, h0, h, acts, hn):
     """Fill h[t], acts[t] = [r, z, n] and hn[t] for the chunk, from h0."""
     T, B, H = h.shape
@@ -218,7 +217,7 @@ def gru_forward(xproj, W, b_hn, h0, h, acts, hn):
         h_prev = h[t]
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def gru_backward(dh, h, acts, hn, W, h0, dpre, drec):
     """BPTT through the chunk: dh[t] is dL/dh_t from above. Writes dpre = dL/d(xproj) and
     drec = dL/d(h_{t-1} W_h) (they differ in the n block by the factor r); returns dL/dh_0."""
@@ -253,7 +252,7 @@ def gru_backward(dh, h, acts, hn, W, h0, dpre, drec):
 
 # --- embeddings ----------------------------------------------------
 
-@njit(cache=True)
+@kernel
 def scatter_add_rows(dst, rows, src):
     """dst[rows[i]] += src[i]: the embedding gradient without a dense one-hot product."""
     n, d = src.shape
@@ -265,7 +264,7 @@ def scatter_add_rows(dst, rows, src):
 
 # --- sampling -----------------------------------------------------------------------
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def exp_nonpositive(a, shift, scale, out):
     """out[i] = exp((a[i] - shift) * scale) for arguments <= 0; returns the sum of out.
 
@@ -295,7 +294,7 @@ def exp_nonpositive(a, shift, scale, out):
     return total
 
 
-@njit(cache=True)
+@kernel
 def sample_row(logits, temperature, top_k, top_p, u):
     """Draw one token id from one row of logits.
 
@@ -338,20 +337,20 @@ def sample_row(logits, temperature, top_k, top_p, u):
     return V - 1
 
 
-@njit(cache=True)
+@kernel
 def sample_rows(logits, temperature, top_k, top_p, uniforms, out):
     """out[b] = a draw from row b of logits (see :func:`sample_row`), with uniform uniforms[b]."""
     for b in range(len(out)):
         out[b] = sample_row(logits[b], temperature, top_k, top_p, uniforms[b])
 
 
-@njit(cache=True)
+@kernel
 def _logsumexp(a):
     m = a.max()
     return m + np.log(exp_nonpositive(a, m, np.float32(1.0), np.empty(len(a), dtype=np.float32)))
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def class_logprobs(logits, cls_logits, bounds):
     """In place, the word logits of each class c = [bounds[c], bounds[c+1]) become
     log p(w | h) = log p(c | h) + log p(w | c, h): the class softmax's exact distribution."""
@@ -366,7 +365,7 @@ def class_logprobs(logits, cls_logits, bounds):
 RNN, LSTM, GRU = 0, 1, 2    # the ``cell`` codes of sample_lines
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W, cls_b, bounds,
                  state0, first, eos, temperature, top_k, top_p, uniforms, generated):
     """Generate the lines of ``generated`` (m, max_length) side by side, all in this loop.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
 from .errors import RnngenError
+from .jit import kernel
 
 # Vectorised loops: no ZeroDivisionError branches, reassociation for the reductions; NaN and
 # inf keep their meaning, since divergence detection reads them from the gradient norm.
@@ -22,7 +22,7 @@ OPTIMIZERS = ("sgd", "adagrad", "adam")
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def _sum_squares(g):
     g = g.ravel()
     acc = 0.0
@@ -32,14 +32,14 @@ def _sum_squares(g):
     return acc
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def _sgd(p, g, step):
     p, g = p.ravel(), g.ravel()
     for i in range(p.size):
         p[i] -= step * g[i]                                      # θ <- θ - lr·s·g
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def _adagrad(p, g, acc, lr, scale, eps):
     p, g, acc = p.ravel(), g.ravel(), acc.ravel()
     for i in range(p.size):
@@ -48,7 +48,7 @@ def _adagrad(p, g, acc, lr, scale, eps):
         p[i] -= lr * gi / (np.sqrt(acc[i]) + eps)                # θ <- θ - lr·g/√G
 
 
-@njit(cache=True, **LOOP_OPTIONS)
+@kernel(**LOOP_OPTIONS)
 def _adam(p, g, m, v, step, scale, beta1, beta2, eps):
     p, g, m, v = p.ravel(), g.ravel(), m.ravel(), v.ravel()
     for i in range(p.size):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .jit import interpreted_if_small
 from .model import Model
 from .vocab import Vocab
 
@@ -40,10 +41,11 @@ def chunked_logprobs(model: Model, inputs: np.ndarray, targets: np.ndarray,
     T, B = inputs.shape
     state = model.zero_state(B) if state is None else state
     out = np.empty((T, B), dtype=np.float64)
-    for start in range(0, T, chunk):
-        stop = min(start + chunk, T)
-        lp, state = model.token_logprobs(inputs[start:stop], targets[start:stop], state)
-        out[start:stop] = lp
+    with interpreted_if_small(T * B, model.config.layers, model.config.hidden):
+        for start in range(0, T, chunk):
+            stop = min(start + chunk, T)
+            lp, state = model.token_logprobs(inputs[start:stop], targets[start:stop], state)
+            out[start:stop] = lp
     return out, state
 
 

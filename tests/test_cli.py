@@ -108,7 +108,7 @@ def test_compile_notice_once_per_kernel_source(tmp_path, monkeypatch, capsys):
 
     pkg = tmp_path / "rnngen"
     pkg.mkdir()
-    for name in ("kernels.py", "optim.py", "cli.py"):
+    for name in ("kernels.py", "optim.py", "jit.py", "cli.py"):
         (pkg / name).write_text(name)
     monkeypatch.setattr(cli_module, "__file__", str(pkg / "cli.py"))
     monkeypatch.setattr(cli_module.sys.stderr, "isatty", lambda: True, raising=False)
@@ -122,9 +122,14 @@ def test_compile_notice_once_per_kernel_source(tmp_path, monkeypatch, capsys):
 
 
 def test_scoring_does_not_import_all_of_scipy_linalg(trained):
-    """Start-up: the kernels' BLAS table is loaded by itself (rnngen.blas.load_kernel_blas)."""
-    code = ("import sys; from rnngen.cli import main; sys.argv = ['rnngen', 'score', 'a b c'];\n"
-            "try: main()\nexcept SystemExit: pass\n"
-            "print('scipy.linalg' in sys.modules, 'scipy.linalg.cython_blas' in sys.modules, file=sys.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=trained)
-    assert proc.stderr.strip().splitlines()[-1] == "False True", proc.stderr
+    """Start-up: a sentence is scored without Numba; a file with Numba, whose BLAS table is
+    loaded by itself (rnngen.blas.load_kernel_blas), not with all of scipy.linalg."""
+    (trained / "lines.txt").write_text("the dog runs .\n" * 2000)
+    loaded = ("'numba' in sys.modules, 'scipy.linalg' in sys.modules, 'scipy.linalg.cython_blas' in sys.modules")
+    found = []
+    for args in (["a b c"], ["--stream", "lines.txt"]):
+        code = (f"import sys; from rnngen.cli import main; sys.argv = ['rnngen', 'score', *{args!r}];\n"
+                f"try: main()\nexcept SystemExit: pass\nprint({loaded}, file=sys.stderr)")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=trained)
+        found.append(proc.stderr.strip().splitlines()[-1])
+    assert found == ["False False False", "True False True"], found

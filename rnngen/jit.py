@@ -1,0 +1,105 @@
+"""Numba, loaded when machine code pays for itself.
+
+Every kernel is a plain Python function over NumPy arrays, registered with ``@kernel``. The
+first call of any kernel compiles them all with ``numba.njit(cache=True)`` (after the first
+run: loads them from Numba's cache) and rebinds each module's name to the compiled
+function, so that kernels calling kernels call machine code.
+
+Even from the cache that costs ~0.7 s per process on our 2-core machine (importing Numba
+0.25 s, its first dispatch 0.45 s), which is most of the run when the job is a few tokens.
+So inside :func:`interpreted_if_small`, a small job runs the same kernel functions as
+Python instead and Numba is never imported: ``rnngen score "a b c"`` took 0.85 s and takes
+0.2 s. Everything else (training, sampling, scoring files) compiles.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from contextlib import contextmanager
+
+# Let LLVM vectorise the elementwise loops: NumPy's error model drops the ZeroDivisionError
+# branch Numba puts in every division (it blocked vectorising tanh's rational form, 3x), and
+# these fast-math flags allow fused multiply-adds and reciprocals — not assuming away NaN
+# or inf, which divergence detection relies on. nogil: callers may run kernels in threads.
+LOOP_OPTIONS = {"nogil": True, "error_model": "numpy", "fastmath": {"contract", "arcp", "afn"}}
+
+# The most work a process runs as Python, in time steps x layers x hidden units: interpreted,
+# an LSTM step costs ~6.5 µs per hidden unit, so at most ~0.3 s, under what loading Numba
+# costs. Past it (a long stream of lines on stdin, say) the kernels are compiled.
+SMALL_JOB = 50_000
+
+_kernels: list[Kernel] = []
+_before_compile: list = []
+_interpret = False
+_interpreted_work = 0
+_numba_loaded = False
+
+
+class Kernel:
+    """A kernel function; calls go to Numba's compiled version, or the Python one while
+    interpreting small jobs."""
+
+    def __init__(self, py_func, options: dict):
+        self.py_func = py_func
+        self.options = options
+        self.compiled = None
+        functools.update_wrapper(self, py_func)
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            if _interpret:
+                return self.py_func(*args)
+            compile_all()
+        return self.compiled(*args)
+
+
+def kernel(_func=None, **options):
+    """Register a kernel: ``@kernel`` or ``@kernel(**LOOP_OPTIONS)`` (options for njit)."""
+    def register(py_func):
+        k = Kernel(py_func, options)
+        _kernels.append(k)
+        return k
+    return register(_func) if _func is not None else register
+
+
+def before_compile(hook):
+    """Call ``hook()`` once, just before the kernels are first compiled or loaded (to register
+    Numba overloads, to set up BLAS, to tell the user). Returns the hook."""
+    if hook not in _before_compile:
+        _before_compile.append(hook)
+    return hook
+
+
+def compile_all() -> None:
+    """Hand every registered kernel not yet compiled to Numba (which compiles it, or loads it
+    from its cache, at its first call with each argument types)."""
+    global _numba_loaded
+    pending = [k for k in _kernels if k.compiled is None]
+    if not pending:
+        return
+    from numba import njit
+
+    if not _numba_loaded:
+        for hook in _before_compile:
+            hook()
+        _numba_loaded = True
+    for k in pending:
+        k.compiled = njit(cache=True, **k.options)(k.py_func)
+        setattr(sys.modules[k.py_func.__module__], k.py_func.__name__, k.compiled)
+
+
+@contextmanager
+def interpreted_if_small(steps: int, layers: int, hidden: int):
+    """Within: run kernels as Python if Numba is not loaded yet and this job (``steps`` time
+    steps of a ``layers`` x ``hidden`` network), with all run so before it, is small."""
+    global _interpret, _interpreted_work
+    saved = _interpret
+    work = steps * layers * hidden
+    if not _numba_loaded and _interpreted_work + work <= SMALL_JOB:
+        _interpreted_work += work
+        _interpret = True
+    try:
+        yield
+    finally:
+        _interpret = saved
