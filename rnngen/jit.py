@@ -21,8 +21,8 @@ from contextlib import contextmanager
 # Let LLVM vectorise the elementwise loops: NumPy's error model drops the ZeroDivisionError
 # branch Numba puts in every division (it blocked vectorising tanh's rational form, 3x), and
 # these fast-math flags allow fused multiply-adds and reciprocals — not assuming away NaN
-# or inf, which divergence detection relies on. nogil: callers may run kernels in threads.
-LOOP_OPTIONS = {"nogil": True, "error_model": "numpy", "fastmath": {"contract", "arcp", "afn"}}
+# or inf, which divergence detection relies on.
+LOOP_OPTIONS = {"error_model": "numpy", "fastmath": {"contract", "arcp", "afn"}}
 
 # The most work a process runs as Python, in time steps x layers x hidden units: interpreted,
 # an LSTM step costs ~6.5 µs per hidden unit, so at most ~0.3 s, under what loading Numba
