@@ -19,6 +19,7 @@ from .vocab import Vocab
 
 CHUNK = 256          # time steps per forward call: bounds memory for very long lines
 BATCH_LINES = 64     # sentences scored side by side
+MAX_ROWS = 512       # (time step, line) rows per output-layer product
 
 
 @dataclass
@@ -39,6 +40,7 @@ def chunked_logprobs(model: Model, inputs: np.ndarray, targets: np.ndarray,
     """log p(targets | inputs so far) for (T, B) id arrays, carrying the state through
     chunks of ``chunk`` steps. Returns ((T, B) float64 log-probs, final state)."""
     T, B = inputs.shape
+    chunk = max(1, min(chunk, MAX_ROWS // B))
     state = model.zero_state(B) if state is None else state
     out = np.empty((T, B), dtype=np.float64)
     with interpreted_if_small(T * B, model.config.layers, model.config.hidden):

@@ -49,6 +49,19 @@ def test_sentence_score_equals_stream_of_one_line():
     assert [t for t, _ in results[3].token_logprobs] == ["a", "<unk>", "b", "<eos>"]
 
 
+def test_many_long_lines_scored_side_by_side_equal_each_line_alone(monkeypatch):
+    """Batches of lines are cut into chunks of at most MAX_ROWS rows: the state must carry."""
+    import rnngen.score
+
+    monkeypatch.setattr(rnngen.score, "MAX_ROWS", 100)          # 64 lines: 1 time step per chunk
+    vocab = Vocab.build(["a b c d e f"])
+    model = Model.init(ModelConfig(vocab_size=len(vocab), cell="lstm", hidden=8), seed=0, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    lines = [" ".join(rng.choice(list("abcdef"), rng.integers(0, 30))) for _ in range(70)]
+    for line, r in zip(lines, score_lines(model, vocab, lines)):
+        assert r.logprob == pytest.approx(stream_logprob(model, vocab.encode_stream([line]))[0], abs=1e-10)
+
+
 def test_stream_scoring_is_chunk_independent():
     """A stream longer than one scoring chunk carries its state across chunk borders."""
     from rnngen.score import chunked_logprobs
