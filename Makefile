@@ -6,7 +6,7 @@ RNNGEN := $(VENV)/bin/rnngen
 DEMO   := demo-model.npz
 CORPUS := corpora/agreement
 
-.PHONY: demo test test-slow lint bench bench-quality bench-memory bench-ttp clean
+.PHONY: demo test test-slow lint bench bench-quality bench-memory bench-ttp bench-startup clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-quality: $(VENV)/.installed
 ## bench-ttp: time to a PTB valid perplexity, rnngen class/full softmax vs PyTorch (about 20 min)
 bench-ttp: $(VENV)/.bench-installed
 	$(PY) bench/time_to_ppl.py
+
+## bench-startup: wall time of rnngen --help and of warm score commands (about a minute)
+bench-startup: $(VENV)/.installed
+	$(PY) bench/startup.py
 
 ## bench-memory: peak RSS and tokenising speed on a generated 50M-token corpus (a few minutes)
 bench-memory: $(VENV)/.installed
