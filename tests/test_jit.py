@@ -16,8 +16,11 @@ from rnngen.score import chunked_logprobs
 rng = np.random.default_rng(0)
 inputs = rng.integers(0, 30, size=(6, 2)).astype(np.int32)
 targets = rng.integers(0, 30, size=(6, 2)).astype(np.int32)
-models = [Model.init(ModelConfig(vocab_size=30, cell=cell, activation=act, hidden=16, layers=2), seed=1)
-          for cell, act in (("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh"))]
+configs = [ModelConfig(vocab_size=30, cell=cell, activation=act, hidden=16, layers=2)
+           for cell, act in (("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh"))]
+configs.append(ModelConfig(vocab_size=30, cell="lstm", hidden=16, tie_weights=True, softmax="class",
+                           class_bounds=[0, 3, 10, 30]))
+models = [Model.init(c, seed=1) for c in configs]
 python = [chunked_logprobs(m, inputs, targets)[0] for m in models]
 print("numba" in sys.modules)
 jit.compile_all()
