@@ -12,7 +12,8 @@ and writes everything to bench/results/run-<time>.json.
 
 The machine may be shared: every measurement records how many cores other processes kept
 busy meanwhile ("others"), and the load average is printed. Use --repeats to see the noise
-(sides alternate their order between repeats; the best run counts in the table).
+(sides alternate their order between repeats; the best run counts in the table, the median
+of the runs is shown beside it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -119,6 +121,12 @@ def best(runs: list[dict], path: tuple[str, ...]) -> float | None:
     return max(vals) if vals else None
 
 
+def median(runs: list[dict], path: tuple[str, ...]) -> float | None:
+    """The median over the repeats: what a typical run gives."""
+    vals = values(runs, path)
+    return statistics.median(vals) if vals else None
+
+
 def lowest(runs: list[dict], path: tuple[str, ...]) -> float | None:
     vals = values(runs, path)
     return min(vals) if vals else None
@@ -140,13 +148,15 @@ def table_rows(cfg: dict, runs: dict, threads: int, peak_gflops: float | None,
     fpt = train_flops_per_token(cfg["cell"], cfg["hidden"], cfg["layers"], cfg["embed"], V)
     rows = []
 
-    def add(label, path, spec=",.0f", higher_is_better=True):
-        pick = best if higher_is_better else lowest
+    def add(label, path, spec=",.0f", higher_is_better=True, pick=None):
+        pick = pick or (best if higher_is_better else lowest)
         a, b = pick(ours, path), pick(theirs, path)
         rows.append((label, fmt(a, spec), fmt(b, spec), ratio(a, b)))
         return a, b
 
     a, b = add("train tokens/s", ("train", "tokens_per_s"))
+    if max(len(ours), len(theirs)) > 1:
+        add("train tokens/s, median of the runs", ("train", "tokens_per_s"), pick=median)
     ga = a * fpt / 1e9 if a else None
     gb = b * fpt / 1e9 if b else None
 
@@ -170,6 +180,8 @@ def table_rows(cfg: dict, runs: dict, threads: int, peak_gflops: float | None,
                      ratio(ca, cb)))
     add("train ms/chunk (median)", ("train", "median_chunk_ms"), ".1f", higher_is_better=False)
     sa, sb = add("score tokens/s (valid, batch 1)", ("score", "tokens_per_s"))
+    if max(len(ours), len(theirs)) > 1:
+        add("score tokens/s, median of the runs", ("score", "tokens_per_s"), pick=median)
     ffpt = forward_flops_per_token(cfg["cell"], cfg["hidden"], cfg["layers"], cfg["embed"], V)
     rows.append(("score GFLOP/s (% of peak)", *(pct(x * ffpt / 1e9 if x else None) for x in (sa, sb)), ratio(sa, sb)))
     for side in (ours, theirs):
