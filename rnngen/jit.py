@@ -8,8 +8,8 @@ function, so that kernels calling kernels call machine code.
 Even from the cache that costs ~0.7 s per process on our 2-core machine (importing Numba
 0.25 s, its first dispatch 0.45 s), which is most of the run when the job is a few tokens.
 So inside :func:`interpreted_if_small`, a small job runs the same kernel functions as
-Python instead and Numba is never imported: ``rnngen score "a b c"`` took 0.85 s and takes
-0.2 s. Everything else (training, sampling, scoring files) compiles.
+Python instead and Numba is never imported: a warm ``rnngen score "a b c"`` took 0.85 s
+and takes 0.29 s (``make bench-startup``). Training, sampling and files always compile.
 """
 
 from __future__ import annotations
