@@ -1,9 +1,9 @@
 """Numba, loaded when machine code pays for itself.
 
 Every kernel is a plain Python function over NumPy arrays, registered with ``@kernel``. The
-first call of any kernel compiles them all with ``numba.njit(cache=True)`` (after the first
-run: loads them from Numba's cache) and rebinds each module's name to the compiled
-function, so that kernels calling kernels call machine code.
+first call of any kernel hands them all to ``numba.njit(cache=True)``, which compiles each
+(after the first run: loads it from its cache) at its first call, and rebinds each
+module's name to the compiled function, so that kernels calling kernels call machine code.
 
 Even from the cache that costs ~0.7 s per process on our 2-core machine (importing Numba
 0.25 s, its first dispatch 0.45 s), which is most of the run when the job is a few tokens.
