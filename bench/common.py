@@ -224,6 +224,8 @@ def worker_parser(description: str):
     ap.add_argument("--score-seconds", type=float, default=10.0,
                     help="score only as much of the valid stream as fits in about this time (0 = no limit)")
     ap.add_argument("--score-chunk", type=int, default=256, help="time steps per forward call when scoring")
+    ap.add_argument("--score-lines", type=int, default=0,
+                    help="score this many valid lines one by one, 64 side by side (0 = all; -1 = skip)")
     ap.add_argument("--sample-n", type=int, nargs="*", default=[1, 100], help="lines generated side by side")
     ap.add_argument("--sample-length", type=int, default=50, help="max tokens per generated line")
     ap.add_argument("--sample-seconds", type=float, default=4.0, help="repeat sampling calls for this long")
@@ -288,6 +290,28 @@ def timed_scoring(stream_logprob, valid_ids, max_tokens: int, seconds: float) ->
         logprob, n = stream_logprob(ids)
     return {"tokens": n, "of_valid": len(valid_ids), "seconds": meter.wall, "tokens_per_s": n / meter.wall,
             "ppl": math.exp(-logprob / n), "cpu": meter.summary()}
+
+
+def valid_lines(valid_ids) -> list:
+    """The valid stream cut at its end-of-line tokens (id 0): one id array per line."""
+    import numpy as np
+
+    ends = np.flatnonzero(valid_ids == 0)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    return [valid_ids[a:b] for a, b in zip(starts, ends)]
+
+
+def timed_line_scoring(score_lines, lines: list) -> dict:
+    """Score every line on its own (zero state, end-of-line predicted) with
+    ``score_lines(lines) -> total logprob``; tokens counted with each line's end-of-line."""
+    import math
+
+    score_lines(lines[:64])                                     # warm-up
+    tokens = sum(len(line) + 1 for line in lines)
+    with CpuMeter() as meter:
+        logprob = score_lines(lines)
+    return {"lines": len(lines), "tokens": tokens, "seconds": meter.wall, "tokens_per_s": tokens / meter.wall,
+            "ppl": math.exp(-logprob / tokens), "cpu": meter.summary()}
 
 
 def timed_sampling(call, n: int, length: int, seconds: float) -> dict:

@@ -17,9 +17,11 @@ from common import (
     finish,
     load_data,
     set_thread_env,
+    timed_line_scoring,
     timed_sampling,
     timed_scoring,
     timed_training,
+    valid_lines,
     worker_parser,
 )
 
@@ -36,7 +38,7 @@ def main(argv=None) -> dict:
     from rnngen.model import Model, ModelConfig
     from rnngen.optim import SGD, clip_scale, global_norm
     from rnngen.sample import sample
-    from rnngen.score import stream_logprob
+    from rnngen.score import score_lines, stream_logprob
     from rnngen.train import batchify, time_major
     from rnngen.vocab import Vocab
 
@@ -77,6 +79,13 @@ def main(argv=None) -> dict:
         result["score"] = timed_scoring(lambda ids: stream_logprob(model, ids), valid_ids, args.score_tokens,
                                         args.score_seconds)
         result["score"]["chunk"] = "rnngen.score default (256)"
+
+    # --- scoring lines: each valid line alone, 64 side by side (what `rnngen score -` does) --
+    if args.score_lines >= 0:
+        lines = valid_lines(valid_ids)[:args.score_lines or None]
+        texts = {id(line): " ".join(tokens[i] for i in line) for line in lines}
+        result["score_lines"] = timed_line_scoring(
+            lambda part: sum(r.logprob for r in score_lines(model, vocab, [texts[id(x)] for x in part])), lines)
 
     # --- sampling from a freshly initialised model (near-uniform: lines run full length) --
     fresh = Model.init(config, seed=args.seed)

@@ -189,6 +189,9 @@ def table_rows(cfg: dict, runs: dict, threads: int, peak_gflops: float | None,
             if "score" in r:
                 r["score"]["tokens_per_cpu_s"] = r["score"]["tokens"] / max(r["score"]["cpu"].get("cpu_s", 0), 1e-9)
     add("score tokens per CPU-second", ("score", "tokens_per_cpu_s"))
+    la, lb = add("score tokens/s (valid lines, 64 side by side)", ("score_lines", "tokens_per_s"))
+    if la and lb and max(len(ours), len(theirs)) > 1:
+        add("score lines tokens/s, median of the runs", ("score_lines", "tokens_per_s"), pick=median)
     for n in ("1", "100"):
         add(f"sample tokens/s, {n} line(s)", ("sample", n, "tokens_per_s"))
     add("peak RSS MB", ("peak_rss_mb",), ",.0f", higher_is_better=False)

@@ -18,9 +18,11 @@ from common import (
     finish,
     load_data,
     set_thread_env,
+    timed_line_scoring,
     timed_sampling,
     timed_scoring,
     timed_training,
+    valid_lines,
     worker_parser,
 )
 
@@ -122,6 +124,31 @@ def main(argv=None) -> dict:
         model.eval()
         result["score"] = timed_scoring(stream_logprob, valid_ids, args.score_tokens, args.score_seconds)
         result["score"]["chunk"] = args.score_chunk
+
+    # --- scoring lines: each alone from the zero state, 64 side by side, padded and masked --
+    def lines_logprob(lines) -> float:
+        total = 0.0
+        order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
+        with torch.no_grad():
+            for start in range(0, len(order), 64):
+                group = [lines[i] for i in order[start:start + 64]]
+                T = max(len(line) for line in group) + 1
+                x = torch.zeros(T, len(group), dtype=torch.int64)             # <eos> first, and as padding
+                y = torch.zeros(T, len(group), dtype=torch.int64)
+                mask = torch.zeros(T, len(group), dtype=torch.bool)
+                for col, line in enumerate(group):
+                    ids = torch.from_numpy(line.astype("int64"))
+                    x[1:len(line) + 1, col] = ids
+                    y[:len(line), col] = ids                                  # then <eos> at len(line)
+                    mask[:len(line) + 1, col] = True
+                logits, _ = model(x, model.init_hidden(len(group)))
+                logp = F.log_softmax(logits, dim=-1).gather(2, y[:, :, None])[:, :, 0]
+                total += logp[mask].sum().item()
+        return total
+
+    if args.score_lines >= 0:
+        model.eval()
+        result["score_lines"] = timed_line_scoring(lines_logprob, valid_lines(valid_ids)[:args.score_lines or None])
 
     # --- sampling: a batched multinomial loop on a freshly initialised model -------------
     torch.manual_seed(args.seed)
