@@ -34,6 +34,7 @@ def main(argv=None) -> dict:
 
     import numpy as np
 
+    from rnngen import blas
     from rnngen.cells import CELLS
     from rnngen.model import Model, ModelConfig
     from rnngen.optim import SGD, clip_scale, global_norm
@@ -75,6 +76,8 @@ def main(argv=None) -> dict:
     result["train"]["rss_mb"] = current_rss_mb()
 
     # --- scoring: the valid set as one stream, batch 1, forward only ---------------------
+    # (threads given to the BLAS pools the way `rnngen score` gives them)
+    blas.give_threads(args.threads, blas.recurrence_outgrows_cache(args.hidden, model.cell.gates))
     if args.score_tokens >= 0:
         result["score"] = timed_scoring(lambda ids: stream_logprob(model, ids), valid_ids, args.score_tokens,
                                         args.score_seconds)
@@ -88,6 +91,7 @@ def main(argv=None) -> dict:
             lambda part: sum(r.logprob for r in score_lines(model, vocab, [texts[id(x)] for x in part])), lines)
 
     # --- sampling from a freshly initialised model (near-uniform: lines run full length) --
+    blas.give_threads(args.threads, to_kernels=True)                     # as `rnngen sample` does
     fresh = Model.init(config, seed=args.seed)
     result["sample"] = {}
     for n in args.sample_n:

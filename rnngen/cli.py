@@ -22,17 +22,20 @@ def model_option(f):
 
 def threads_option(f):
     return click.option("--threads", type=click.IntRange(min=0), default=0,
-                        help="BLAS threads for the large matrix products (default 0: all cores for "
+                        help="BLAS threads for the heavy matrix products (default 0: all cores for "
                              "large models, 1 for small ones).")(f)
 
 
-def _load_for_use(path: str, threads: int):
-    """Load a checkpoint and size the BLAS thread pool for its model."""
+def _load_for_use(path: str, threads: int, job: str):
+    """Load a checkpoint for ``job`` ("score" or "sample") and give the BLAS threads to the
+    pool that does its heavy products: the kernels' when sampling (every product of the
+    sampler runs inside its kernel) or when the recurrent weights outgrow a core's cache."""
     from . import blas, jit
 
     ckpt = _load(path, training_state=False)
     cfg = ckpt.model.config
-    blas.set_threads(threads or blas.auto_threads(cfg.hidden, cfg.vocab_size))
+    to_kernels = job == "sample" or blas.recurrence_outgrows_cache(cfg.hidden, ckpt.model.cell.gates)
+    blas.give_threads(threads or blas.auto_threads(cfg.hidden, cfg.vocab_size), to_kernels)
     jit.before_compile(_announce_compiling)
     return ckpt
 
@@ -251,7 +254,7 @@ def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed, th
     from .textio import decode_arg
 
     prime = decode_arg(prime, "--prime")
-    ckpt = _load_for_use(model_path, threads)
+    ckpt = _load_for_use(model_path, threads, "sample")
     if top_k is not None and top_k > len(ckpt.vocab):
         raise click.BadParameter(f"{top_k} is more than the vocabulary's {len(ckpt.vocab)} tokens.",
                                  ctx=click.get_current_context(), param_hint="'--top-k'")
@@ -289,7 +292,7 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
     from .textio import decode_arg
 
     sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
-    ckpt = _load_for_use(model_path, threads)
+    ckpt = _load_for_use(model_path, threads, "score")
     model, vocab = ckpt.model, ckpt.vocab
     totals = [0.0, 0]
     if stream_path:

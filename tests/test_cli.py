@@ -74,6 +74,9 @@ def test_sample_is_reproducible(trained):
     assert a.exit_code == 0 and a.stdout == b.stdout and len(a.stdout.splitlines()) == 4
     greedy = CliRunner().invoke(cli, ["sample", "--n", "2", "--temperature", "0"]).stdout.splitlines()
     assert greedy[0] == greedy[1]
+    for threads in ("1", "2"):         # the threads go to the sampler's BLAS: same lines
+        c = CliRunner().invoke(cli, ["sample", "--n", "4", "--seed", "3", "--threads", threads])
+        assert c.stdout == a.stdout
 
 
 def test_model_from_environment(trained, monkeypatch):
