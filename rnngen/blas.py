@@ -42,6 +42,16 @@ def _openblas(package: str):
     return libs
 
 
+def numpy_threads() -> int:
+    """Threads NumPy's BLAS runs on now."""
+    for lib in _openblas("numpy"):
+        for name in _SETTERS:
+            getter = name.replace("_set_", "_get_")
+            if hasattr(lib, getter):
+                return int(getattr(lib, getter)())
+    return 1
+
+
 def _set(package: str, threads: int) -> bool:
     done = False
     for lib in _openblas(package):

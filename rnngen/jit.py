@@ -21,8 +21,9 @@ from contextlib import contextmanager
 # Let LLVM vectorise the elementwise loops: NumPy's error model drops the ZeroDivisionError
 # branch Numba puts in every division (it blocked vectorising tanh's rational form, 3x), and
 # these fast-math flags allow fused multiply-adds and reciprocals — not assuming away NaN
-# or inf, which divergence detection relies on.
-LOOP_OPTIONS = {"error_model": "numpy", "fastmath": {"contract", "arcp", "afn"}}
+# or inf, which divergence detection relies on. nogil: the scorer runs the recurrence while
+# another thread computes the output layer (score._overlapped).
+LOOP_OPTIONS = {"nogil": True, "error_model": "numpy", "fastmath": {"contract", "arcp", "afn"}}
 
 # The most work a process runs as Python, in time steps x layers x hidden units: interpreted,
 # an LSTM step costs ~6.5 µs per hidden unit, so at most ~0.3 s, under what loading Numba
@@ -87,6 +88,11 @@ def compile_all() -> None:
     for k in pending:
         k.compiled = njit(cache=True, **k.options)(k.py_func)
         setattr(sys.modules[k.py_func.__module__], k.py_func.__name__, k.compiled)
+
+
+def interpreting() -> bool:
+    """Are kernels running as Python here (they then hold the GIL)?"""
+    return _interpret
 
 
 @contextmanager

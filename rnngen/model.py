@@ -162,10 +162,13 @@ class Model:
 
     def token_logprobs(self, inputs: np.ndarray, targets: np.ndarray, state: np.ndarray):
         """log p(target | history) for each position (T, B), and the final state. No gradients."""
-        T, B = inputs.shape
         top, _, new_state = self.hidden_forward(inputs, state)
-        logp = self.output.logprobs(self.params, top.reshape(T * B, -1), targets.reshape(-1))
-        return logp.reshape(T, B), new_state
+        return self.top_logprobs(top, targets), new_state
+
+    def top_logprobs(self, top: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """log p(target | top-layer state) for states (T, B, H) and targets (T, B)."""
+        T, B = targets.shape
+        return self.output.logprobs(self.params, top.reshape(T * B, -1), targets.reshape(-1)).reshape(T, B)
 
     def loss_and_grads(self, inputs, targets, state, masks=None):
         """Summed NLL of the chunk, gradients of (summed NLL / batch), and the final state.

@@ -29,9 +29,9 @@ def threads(package):
                      "openblas_get_num_threads64_", "openblas_get_num_threads"):
             if hasattr(lib, name):
                 return getattr(lib, name)()
-print(threads("scipy"), threads("numpy"))
+print(threads("scipy"), blas.numpy_threads())
 blas.give_threads(2, to_kernels=False)
-print(threads("scipy"), threads("numpy"))
+print(threads("scipy"), blas.numpy_threads())
 """
 
 

@@ -99,3 +99,37 @@ def test_unshifted_softmax_recomputes_rows_where_exp_overflows_or_underflows():
     lp = softmax_xent_grad(grad, targets, 0.5, fresh)
     lp_ref = softmax_xent_grad(grad_ref, targets, 0.5)
     assert np.allclose(lp[keep], lp_ref[keep], atol=1e-5) and np.allclose(grad[keep], grad_ref[keep], atol=1e-6)
+
+
+def test_overlapped_scoring_equals_plain_scoring(monkeypatch):
+    """The recurrence of one chunk beside the output layer of the one before (two threads)
+    gives exactly what one chunk after the other gives, and leaves the BLAS threads as found."""
+    import rnngen.score
+    from rnngen import blas
+    from rnngen.score import chunked_logprobs
+
+    model = Model.init(ModelConfig(vocab_size=40, cell="lstm", hidden=12, layers=2), seed=0)
+    rng = np.random.default_rng(3)
+    inputs = rng.integers(0, 40, (50, 3)).astype(np.int32)
+    targets = rng.integers(0, 40, (50, 3)).astype(np.int32)
+    threads = blas.numpy_threads()
+    monkeypatch.setattr(rnngen.score, "overlap_pays", lambda model, n: False)
+    plain, plain_state = chunked_logprobs(model, inputs, targets, chunk=7)
+    monkeypatch.setattr(rnngen.score, "overlap_pays", lambda model, n: True)
+    overlapped, overlapped_state = chunked_logprobs(model, inputs, targets, chunk=7)
+    assert np.array_equal(plain, overlapped) and np.array_equal(plain_state, overlapped_state)
+    assert blas.numpy_threads() == threads
+
+
+def test_overlap_only_for_stacked_gated_cells_with_two_blas_threads(monkeypatch):
+    from rnngen import blas
+    from rnngen.score import overlap_pays
+
+    monkeypatch.setattr(blas, "numpy_threads", lambda: 2)
+    lstm2 = Model.init(ModelConfig(vocab_size=9, cell="lstm", hidden=4, layers=2), seed=0)
+    assert overlap_pays(lstm2, 3)
+    assert not overlap_pays(lstm2, 1)
+    assert not overlap_pays(Model.init(ModelConfig(vocab_size=9, cell="lstm", hidden=4), seed=0), 3)
+    assert not overlap_pays(Model.init(ModelConfig(vocab_size=9, cell="rnn", hidden=4, layers=2), seed=0), 3)
+    monkeypatch.setattr(blas, "numpy_threads", lambda: 1)
+    assert not overlap_pays(lstm2, 3)
