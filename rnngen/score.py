@@ -48,7 +48,7 @@ def chunked_logprobs(model: Model, inputs: np.ndarray, targets: np.ndarray,
     state = model.zero_state(B) if state is None else state
     out = np.empty((T, B), dtype=np.float64)
     with interpreted_if_small(T * B, model.config.layers, model.config.hidden):
-        if overlap_pays(model, len(spans)):
+        if overlap_pays(model, len(spans), B):
             state = _overlapped(model, inputs, targets, state, spans, out)
         else:
             for a, b in spans:
@@ -56,15 +56,17 @@ def chunked_logprobs(model: Model, inputs: np.ndarray, targets: np.ndarray,
     return out, state
 
 
-def overlap_pays(model: Model, n_chunks: int) -> bool:
+def overlap_pays(model: Model, n_chunks: int, batch: int) -> bool:
     """Run the recurrence of each chunk beside the output layer of the one before? It paid
-    for stacked gated cells, where the recurrence is a third of scoring and runs on one core
-    (2x200 LSTM, PTB valid as one stream: 14.3-16.5k -> 14.2-18.7k tokens/s, about 1.15x),
-    and lost for one-layer models, whose output layer needs both cores (RNN-200: 23-25k ->
-    17-19k). Needs two BLAS threads to split, compiled kernels, and more than one chunk."""
+    for one stream (batch 1) through stacked gated cells, where the step-by-step recurrence
+    is a third of the time and runs on one core: 2x200 LSTM, PTB valid as one stream,
+    14.5-18.3k -> 19.1-21.7k tokens/s. It lost where the output layer needs both cores: one
+    layer (RNN-200: 23-25k -> 17-19k), or many lines side by side (2x200 LSTM, PTB valid
+    lines 64 at a time: 16.9-22.7k -> 15.2-17.4k). Needs two BLAS threads to split and
+    compiled kernels."""
     cfg = model.config
-    return (n_chunks > 1 and cfg.layers >= 2 and model.cell.gates > 1 and not jit.interpreting()
-            and blas.numpy_threads() >= 2)
+    return (batch == 1 and n_chunks > 1 and cfg.layers >= 2 and model.cell.gates > 1
+            and not jit.interpreting() and blas.numpy_threads() >= 2)
 
 
 def _overlapped(model: Model, inputs, targets, state, spans, out):
