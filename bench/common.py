@@ -301,13 +301,12 @@ def valid_lines(valid_ids) -> list:
     return [valid_ids[a:b] for a, b in zip(starts, ends)]
 
 
-def timed_line_scoring(score_lines, lines: list) -> dict:
+def timed_line_scoring(score_lines, lines: list, tokens: int) -> dict:
     """Score every line on its own (zero state, end-of-line predicted) with
-    ``score_lines(lines) -> total logprob``; tokens counted with each line's end-of-line."""
+    ``score_lines(lines) -> total logprob``; ``tokens`` counts each line's end-of-line too."""
     import math
 
     score_lines(lines[:64])                                     # warm-up
-    tokens = sum(len(line) + 1 for line in lines)
     with CpuMeter() as meter:
         logprob = score_lines(lines)
     return {"lines": len(lines), "tokens": tokens, "seconds": meter.wall, "tokens_per_s": tokens / meter.wall,

@@ -76,8 +76,7 @@ def main(argv=None) -> dict:
     result["train"]["rss_mb"] = current_rss_mb()
 
     # --- scoring: the valid set as one stream, batch 1, forward only ---------------------
-    # (threads given to the BLAS pools the way `rnngen score` gives them)
-    blas.give_threads(args.threads, blas.recurrence_outgrows_cache(args.hidden, model.cell.gates))
+    blas.use_threads(args.threads, "score", args.hidden, model.cell.gates)      # as `rnngen score` does
     if args.score_tokens >= 0:
         result["score"] = timed_scoring(lambda ids: stream_logprob(model, ids), valid_ids, args.score_tokens,
                                         args.score_seconds)
@@ -86,12 +85,13 @@ def main(argv=None) -> dict:
     # --- scoring lines: each valid line alone, 64 side by side (what `rnngen score -` does) --
     if args.score_lines >= 0:
         lines = valid_lines(valid_ids)[:args.score_lines or None]
-        texts = {id(line): " ".join(tokens[i] for i in line) for line in lines}
+        texts = [" ".join(tokens[i] for i in line) for line in lines]        # what `score -` reads
         result["score_lines"] = timed_line_scoring(
-            lambda part: sum(r.logprob for r in score_lines(model, vocab, [texts[id(x)] for x in part])), lines)
+            lambda part: sum(r.logprob for r in score_lines(model, vocab, part)), texts,
+            sum(len(line) + 1 for line in lines))
 
     # --- sampling from a freshly initialised model (near-uniform: lines run full length) --
-    blas.give_threads(args.threads, to_kernels=True)                     # as `rnngen sample` does
+    blas.use_threads(args.threads, "sample", args.hidden, model.cell.gates)     # as `rnngen sample` does
     fresh = Model.init(config, seed=args.seed)
     result["sample"] = {}
     for n in args.sample_n:

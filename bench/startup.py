@@ -33,12 +33,15 @@ def make_model(path: Path, lines: list[str], cell: str, layers: int, hidden: int
 
 
 def timed(cmd: list[str], runs: int, cwd: Path) -> dict:
-    subprocess.run(cmd, cwd=cwd, capture_output=True, check=True)
     walls = []
-    for _ in range(runs):
+    for i in range(runs + 1):                       # the first run is untimed: it fills the caches
         start = time.perf_counter()
-        subprocess.run(cmd, cwd=cwd, capture_output=True, check=True)
-        walls.append(time.perf_counter() - start)
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise SystemExit(f"startup: {' '.join(cmd[len(RNNGEN) - 1:])} failed ({proc.returncode}): {last}")
+        if i:
+            walls.append(time.perf_counter() - start)
     return {"command": " ".join(["rnngen", *cmd[len(RNNGEN):]]), "walls": walls,
             "median": statistics.median(walls), "min": min(walls), "max": max(walls)}
 

@@ -148,7 +148,8 @@ def main(argv=None) -> dict:
 
     if args.score_lines >= 0:
         model.eval()
-        result["score_lines"] = timed_line_scoring(lines_logprob, valid_lines(valid_ids)[:args.score_lines or None])
+        lines = valid_lines(valid_ids)[:args.score_lines or None]
+        result["score_lines"] = timed_line_scoring(lines_logprob, lines, sum(len(line) + 1 for line in lines))
 
     # --- sampling: a batched multinomial loop on a freshly initialised model -------------
     torch.manual_seed(args.seed)

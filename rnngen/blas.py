@@ -12,26 +12,29 @@ kernels' for sampling and for scoring models whose recurrent weights outgrow a c
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import importlib.machinery
 import importlib.util
 import os
 import sys
 
-_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-            "openblas_set_num_threads64_", "openblas_set_num_threads")
+# The thread-count functions of OpenBLAS under the names its builds export; "{}" is set or get.
+_THREAD_FUNCTIONS = ("scipy_openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads",
+                     "openblas_{}_num_threads64_", "openblas_{}_num_threads")
 
 # Below this many multiply-adds per token in the output layer (hidden x vocabulary),
 # one BLAS thread is faster than two: the products are too small to split.
 PARALLEL_MIN_WORK = 500_000
 
 
-def _openblas(package: str):
+@functools.cache
+def _openblas(package: str) -> tuple:
     """ctypes handles of the OpenBLAS bundled in ``package``'s wheel (``<package>.libs``)."""
     try:
         module = __import__(package)
     except ImportError:
-        return []
+        return ()
     folder = os.path.join(os.path.dirname(os.path.dirname(module.__file__)), f"{package}.libs")
     libs = []
     for path in glob.glob(os.path.join(folder, "lib*openblas*.so*")):
@@ -39,28 +42,28 @@ def _openblas(package: str):
             libs.append(ctypes.CDLL(path))
         except OSError:
             continue
-    return libs
+    return tuple(libs)
 
 
-def numpy_threads() -> int:
-    """Threads NumPy's BLAS runs on now."""
-    for lib in _openblas("numpy"):
-        for name in _SETTERS:
-            getter = name.replace("_set_", "_get_")
-            if hasattr(lib, getter):
-                return int(getattr(lib, getter)())
-    return 1
-
-
-def _set(package: str, threads: int) -> bool:
-    done = False
+def _thread_function(package: str, verb: str):
+    """``package``'s OpenBLAS function that sets or gets its thread count, or None."""
     for lib in _openblas(package):
-        for name in _SETTERS:
-            if hasattr(lib, name):
-                getattr(lib, name)(int(threads))
-                done = True
-                break
-    return done
+        for name in _THREAD_FUNCTIONS:
+            if hasattr(lib, name.format(verb)):
+                return getattr(lib, name.format(verb))
+    return None
+
+
+def thread_count(package: str = "numpy") -> int:
+    """Threads ``package``'s BLAS ("numpy", or "scipy": the kernels') runs on now."""
+    get = _thread_function(package, "get")
+    return int(get()) if get else 1
+
+
+def _set(package: str, count: int) -> None:
+    put = _thread_function(package, "set")
+    if put:
+        put(int(count))
 
 
 def load_kernel_blas() -> None:
@@ -92,7 +95,7 @@ def load_kernel_blas() -> None:
 _kernel_threads = 1
 
 
-def single_thread_kernel_blas() -> None:
+def apply_kernel_threads() -> None:
     """Before the kernels first run: their BLAS (SciPy's) on the calling thread only, unless
     :func:`give_threads` has handed it the threads."""
     _set("scipy", _kernel_threads)
@@ -112,13 +115,19 @@ def give_threads(threads: int, to_kernels: bool) -> None:
     threads = max(1, threads)
     _kernel_threads = threads if to_kernels else 1
     set_threads(1 if to_kernels else threads)
-    if "scipy" in sys.modules:          # else single_thread_kernel_blas() sets it when Numba loads
+    if "scipy" in sys.modules:          # else apply_kernel_threads() sets it when Numba loads
         _set("scipy", _kernel_threads)
 
 
-def l2_cache_bytes() -> int:
+def use_threads(count: int, job: str, hidden: int, gates: int) -> None:
+    """Give ``count`` threads to the pool that does ``job``'s heavy products ("train",
+    "score" or "sample"): the kernels' when sampling (every product of the sampler runs in
+    its kernel) or when the recurrent weights outgrow a core's cache; NumPy's otherwise."""
+    give_threads(count, job == "sample" or (job == "score" and recurrence_outgrows_cache(hidden, gates)))
+
+
+def l2_cache_bytes(folder: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     """One core's L2 cache (Linux sysfs); 1 MiB where it cannot be read."""
-    folder = "/sys/devices/system/cpu/cpu0/cache"
     try:
         for index in sorted(os.listdir(folder)):
             with open(os.path.join(folder, index, "level")) as fh:

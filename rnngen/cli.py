@@ -28,14 +28,13 @@ def threads_option(f):
 
 def _load_for_use(path: str, threads: int, job: str):
     """Load a checkpoint for ``job`` ("score" or "sample") and give the BLAS threads to the
-    pool that does its heavy products: the kernels' when sampling (every product of the
-    sampler runs inside its kernel) or when the recurrent weights outgrow a core's cache."""
+    pool that does its heavy products (:func:`blas.use_threads`)."""
     from . import blas, jit
 
     ckpt = _load(path, training_state=False)
     cfg = ckpt.model.config
-    to_kernels = job == "sample" or blas.recurrence_outgrows_cache(cfg.hidden, ckpt.model.cell.gates)
-    blas.give_threads(threads or blas.auto_threads(cfg.hidden, cfg.vocab_size), to_kernels)
+    blas.use_threads(threads or blas.auto_threads(cfg.hidden, cfg.vocab_size), job, cfg.hidden,
+                     ckpt.model.cell.gates)
     jit.before_compile(_announce_compiling)
     return ckpt
 

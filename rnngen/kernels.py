@@ -15,7 +15,7 @@ in its candidate block), and return the gradient with respect to the initial sta
 
 import numpy as np
 
-from .blas import load_kernel_blas, single_thread_kernel_blas
+from .blas import apply_kernel_threads, load_kernel_blas
 from .jit import LOOP_OPTIONS, before_compile, kernel
 
 # --- non-linearities ----------------------------------------------------------------
@@ -51,13 +51,13 @@ def sigmoid(a):
 
 @before_compile
 def _numba_setup():
-    """Before compiling: the BLAS that Numba's np.dot calls (SciPy's), on one thread, and the
+    """Before compiling: the BLAS that Numba's np.dot calls (SciPy's) and its threads, and the
     float32 forms of tanh and σ that LLVM vectorises."""
     from numba import types
     from numba.extending import overload
 
     load_kernel_blas()
-    single_thread_kernel_blas()
+    apply_kernel_threads()
 
     @overload(tanh)
     def _tanh_overload(a):

@@ -66,13 +66,13 @@ def overlap_pays(model: Model, n_chunks: int, batch: int) -> bool:
     compiled kernels."""
     cfg = model.config
     return (batch == 1 and n_chunks > 1 and cfg.layers >= 2 and model.cell.gates > 1
-            and not jit.interpreting() and blas.numpy_threads() >= 2)
+            and not jit.interpreting() and blas.thread_count() >= 2)
 
 
 def _overlapped(model: Model, inputs, targets, state, spans, out):
     """This thread runs the layers of chunk k+1 (Numba, without the GIL) while a worker thread
     runs the output layer of chunk k, each on one core: NumPy's BLAS on 1 thread meanwhile."""
-    threads = blas.numpy_threads()
+    threads = blas.thread_count()
     blas.set_threads(1)
     pending = None
     try:

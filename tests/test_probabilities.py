@@ -112,25 +112,25 @@ def test_overlapped_scoring_equals_plain_scoring(monkeypatch):
     rng = np.random.default_rng(3)
     inputs = rng.integers(0, 40, (50, 3)).astype(np.int32)
     targets = rng.integers(0, 40, (50, 3)).astype(np.int32)
-    threads = blas.numpy_threads()
+    threads = blas.thread_count()
     monkeypatch.setattr(rnngen.score, "overlap_pays", lambda model, n, batch: False)
     plain, plain_state = chunked_logprobs(model, inputs, targets, chunk=7)
     monkeypatch.setattr(rnngen.score, "overlap_pays", lambda model, n, batch: True)
     overlapped, overlapped_state = chunked_logprobs(model, inputs, targets, chunk=7)
     assert np.array_equal(plain, overlapped) and np.array_equal(plain_state, overlapped_state)
-    assert blas.numpy_threads() == threads
+    assert blas.thread_count() == threads
 
 
 def test_overlap_only_for_one_stream_through_stacked_gated_cells(monkeypatch):
     from rnngen import blas
     from rnngen.score import overlap_pays
 
-    monkeypatch.setattr(blas, "numpy_threads", lambda: 2)
+    monkeypatch.setattr(blas, "thread_count", lambda: 2)
     lstm2 = Model.init(ModelConfig(vocab_size=9, cell="lstm", hidden=4, layers=2), seed=0)
     assert overlap_pays(lstm2, 3, 1)
     assert not overlap_pays(lstm2, 1, 1)
     assert not overlap_pays(lstm2, 3, 64)
     assert not overlap_pays(Model.init(ModelConfig(vocab_size=9, cell="lstm", hidden=4), seed=0), 3, 1)
     assert not overlap_pays(Model.init(ModelConfig(vocab_size=9, cell="rnn", hidden=4, layers=2), seed=0), 3, 1)
-    monkeypatch.setattr(blas, "numpy_threads", lambda: 1)
+    monkeypatch.setattr(blas, "thread_count", lambda: 1)
     assert not overlap_pays(lstm2, 3, 1)
