@@ -59,15 +59,16 @@ def main(argv=None) -> dict:
     inputs, targets = batchify(train_ids, args.batch)
     n_chunks = inputs.shape[1] // args.bptt
     state = model.zero_state(args.batch)
+    lanes = blas.training_lanes(args.threads, "full")                       # as `rnngen train` does
 
     def step(i: int) -> float:
         nonlocal state
         start, stop = i * args.bptt, (i + 1) * args.bptt
         x, y = time_major(inputs, start, stop), time_major(targets, start, stop)
-        nll, grads, new_state = model.loss_and_grads(x, y, state, None)
+        nll, grads, new_state = model.loss_and_grads(x, y, state, None, lanes)
         if not math.isfinite(nll):
             raise SystemExit(f"training diverged at chunk {i}")
-        optim.step(model.params, grads, args.lr, clip_scale(global_norm(grads), args.clip))
+        optim.step(model.params, grads, args.lr, clip_scale(global_norm(grads, lanes), args.clip), lanes)
         state = new_state
         return nll
 

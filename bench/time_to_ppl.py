@@ -47,6 +47,7 @@ def curve(step, evaluate, n_chunks: int, eval_every: int, target: float, max_sec
 
 
 def rnngen_side(args, train_ids, valid_ids, V) -> dict:
+    from rnngen import blas
     from rnngen.model import Model, ModelConfig
     from rnngen.optim import clip_scale, global_norm, make_optimizer
     from rnngen.score import stream_logprob
@@ -59,16 +60,18 @@ def rnngen_side(args, train_ids, valid_ids, V) -> dict:
     optim = make_optimizer("adam", model.params)
     inputs, targets = batchify(train_ids, m["batch"])
     state = model.zero_state(m["batch"])
+    lanes = blas.training_lanes(args.threads, args.softmax)                 # as `rnngen train` does
 
     def step(i: int) -> None:
         nonlocal state
         start, stop = i * m["bptt"], (i + 1) * m["bptt"]
         _, grads, state = model.loss_and_grads(time_major(inputs, start, stop), time_major(targets, start, stop),
-                                               state, None)
-        optim.step(model.params, grads, m["lr"], clip_scale(global_norm(grads), m["clip"]))
+                                               state, None, lanes)
+        optim.step(model.params, grads, m["lr"], clip_scale(global_norm(grads, lanes), m["clip"]), lanes)
 
     def evaluate() -> float:
-        logprob, n = stream_logprob(model, valid_ids)
+        with blas.numpy_threads(args.threads):
+            logprob, n = stream_logprob(model, valid_ids)
         return math.exp(-logprob / n)
 
     return curve(step, evaluate, inputs.shape[1] // m["bptt"], args.eval_every, args.target,

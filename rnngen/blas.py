@@ -11,6 +11,7 @@ kernels' for sampling and for scoring models whose recurrent weights outgrow a c
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import glob
@@ -18,6 +19,8 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+
+from .lanes import SERIAL, Lanes
 
 # The thread-count functions of OpenBLAS under the names its builds export; "{}" is set or get.
 _THREAD_FUNCTIONS = ("scipy_openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads",
@@ -104,6 +107,32 @@ def apply_kernel_threads() -> None:
 def set_threads(threads: int) -> None:
     """Threads for NumPy's BLAS (the whole-chunk products)."""
     _set("numpy", max(1, threads))
+
+
+@contextlib.contextmanager
+def numpy_threads(threads: int):
+    """NumPy's BLAS on ``threads`` threads inside the block, as before it afterwards."""
+    before = thread_count()
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        set_threads(before)
+
+
+def training_lanes(threads: int, softmax: str) -> Lanes:
+    """How a training step uses ``threads`` threads; sets NumPy's BLAS to match.
+
+    Full softmax: one :class:`Lanes` lane per thread, BLAS on one thread in each. A 2x200
+    LSTM on PTB trained 1.12-1.23x faster so than with BLAS splitting every product (and
+    the recurrence, softmax passes and optimiser on one core). The class softmax's products
+    are per class, too small to give each lane its own: BLAS splits them, lanes are serial.
+    """
+    if threads > 1 and softmax == "full":
+        set_threads(1)
+        return Lanes(threads)
+    set_threads(threads)
+    return SERIAL
 
 
 def give_threads(threads: int, to_kernels: bool) -> None:

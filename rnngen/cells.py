@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
+from .lanes import SERIAL, Lanes
 
 
 class Cell:
@@ -32,26 +33,44 @@ class Cell:
         return {k: rng.uniform(-bound, bound, size=s).astype(dtype)
                 for k, s in self.param_shapes(n_in, hidden).items()}
 
-    def forward(self, P: dict, x: np.ndarray, state0: np.ndarray):
+    def forward(self, P: dict, x: np.ndarray, state0: np.ndarray, lanes: Lanes = SERIAL):
         """Run the layer over a chunk. Returns (h sequence, cache for backward, final state)."""
         T, B, n_in = x.shape
-        xproj = (x.reshape(T * B, n_in) @ P["W_x"] + P["b"]).reshape(T, B, -1)
-        h, cache, state_T = self.recur(P, xproj, state0)
+        x2 = x.reshape(T * B, n_in)
+        xproj = np.empty((T * B, P["W_x"].shape[1]), dtype=x.dtype)
+
+        def rows(a, b):
+            np.matmul(x2[a:b], P["W_x"], out=xproj[a:b])              # x U + b, for all steps at once
+            xproj[a:b] += P["b"]
+
+        lanes.map_rows(rows, T * B)
+        h, cache, state_T = self.recur(P, xproj.reshape(T, B, -1), state0)
         return h, (x, h, cache), state_T
 
-    def backward(self, P: dict, fcache, dh: np.ndarray, state0: np.ndarray):
-        """Truncated BPTT over the chunk. Returns (dL/dx, parameter gradients, dL/dstate0)."""
+    def backward(self, P: dict, fcache, dh: np.ndarray, state0: np.ndarray, lanes: Lanes = SERIAL):
+        """Truncated BPTT over the chunk. Returns (dL/dx, parameter gradients, dL/dstate0).
+        dL/dx comes first: the layer below waits for it. The weight gradients are side tasks
+        on ``lanes``, their arrays filled once the lanes are drained."""
         x, h, cache = fcache
         T, B, n_in = x.shape
         N = T * B
         dpre, drec, dstate0, grads = self.recur_backward(P, cache, h, dh, state0)
-        h_prev = np.concatenate((state0[0][None], h[:-1])).reshape(N, -1)
-        dpre2 = dpre.reshape(N, -1)
-        grads["W_x"] = x.reshape(N, n_in).T @ dpre2
-        grads["b"] = dpre2.sum(axis=0)
-        grads["W_h"] = h_prev.T @ drec.reshape(N, -1)
+        dpre2, drec2 = dpre.reshape(N, -1), drec.reshape(N, -1)
+        grads.update({k: np.empty_like(P[k]) for k in ("W_x", "W_h", "b")})
+        lanes.submit(_input_weight_grads, x.reshape(N, n_in), dpre2, grads)
+        lanes.submit(_recurrent_weight_grad, state0[0], h, drec2, grads)
         dx = (dpre2 @ P["W_x"].T).reshape(T, B, n_in)
         return dx, grads, dstate0
+
+
+def _input_weight_grads(x2, dpre2, grads) -> None:
+    np.matmul(x2.T, dpre2, out=grads["W_x"])                             # dU = x^T dpre
+    np.sum(dpre2, axis=0, out=grads["b"])
+
+
+def _recurrent_weight_grad(h0, h, drec2, grads) -> None:
+    h_prev = np.concatenate((h0[None], h[:-1])).reshape(len(drec2), -1)
+    np.matmul(h_prev.T, drec2, out=grads["W_h"])                         # dW = h_{t-1}^T drec
 
 
 class RNNCell(Cell):

@@ -18,6 +18,7 @@ import numpy as np
 from .cells import CELLS, make_cell
 from .errors import RnngenError
 from .kernels import scatter_add_rows
+from .lanes import SERIAL, Lanes
 from .softmax import OUTPUTS, frequency_classes
 
 
@@ -143,14 +144,14 @@ class Model:
         return [(rng.random((T, B, d)) < keep).astype(self.dtype) / self.dtype.type(keep)
                 for d in sizes]
 
-    def hidden_forward(self, inputs: np.ndarray, state: np.ndarray, masks=None):
+    def hidden_forward(self, inputs: np.ndarray, state: np.ndarray, masks=None, lanes: Lanes = SERIAL):
         """Top-layer outputs (T, B, H) for token ids (T, B); also caches and final state."""
         x = self.params["embed"][inputs]
         if masks is not None:
             x = x * masks[0]
         caches, new_state = [], np.empty_like(state)
         for layer in range(self.config.layers):
-            x, cache, new_state[layer] = self.cell.forward(self.layer_params(layer), x, state[layer])
+            x, cache, new_state[layer] = self.cell.forward(self.layer_params(layer), x, state[layer], lanes)
             caches.append(cache)
             if masks is not None:
                 x = x * masks[layer + 1]
@@ -170,29 +171,29 @@ class Model:
         T, B = targets.shape
         return self.output.logprobs(self.params, top.reshape(T * B, -1), targets.reshape(-1)).reshape(T, B)
 
-    def loss_and_grads(self, inputs, targets, state, masks=None):
+    def loss_and_grads(self, inputs, targets, state, masks=None, lanes: Lanes = SERIAL):
         """Summed NLL of the chunk, gradients of (summed NLL / batch), and the final state.
 
         ``inputs``/``targets`` are token ids (T, B); ``state`` comes from the previous chunk
         and is treated as a constant (truncated BPTT). ``masks`` are dropout masks from
-        :meth:`dropout_masks`, or None for no dropout.
+        :meth:`dropout_masks`, or None for no dropout. ``lanes`` (:class:`rnngen.lanes.Lanes`)
+        spreads the step over threads; by default it runs on the calling thread.
         """
         T, B = inputs.shape
         N = T * B
         p, cfg = self.params, self.config
-        top, caches, new_state = self.hidden_forward(inputs, state, masks)
-        logp, dtop, out_grads = self.output.loss_grad(p, top.reshape(N, -1), targets.reshape(-1), 1.0 / B)
-        tied = out_grads.pop("embed", None)                  # the output layer's share, if tied
-        grads = {"embed": np.zeros_like(p["embed"]) if tied is None else np.ascontiguousarray(tied), **out_grads}
-        dx = dtop.reshape(T, B, -1)
-        for layer in range(cfg.layers - 1, -1, -1):
-            if masks is not None:
-                dx = dx * masks[layer + 1]
-            dx, lg, _ = self.cell.backward(self.layer_params(layer), caches[layer], dx, state[layer])
-            for k, v in lg.items():
-                grads[f"l{layer}.{k}"] = v
+        with lanes:
+            top, caches, new_state = self.hidden_forward(inputs, state, masks, lanes)
+            logp, dtop, grads = self.output.loss_grad(p, top.reshape(N, -1), targets.reshape(-1), 1.0 / B, lanes)
+            dx = dtop.reshape(T, B, -1)
+            for layer in range(cfg.layers - 1, -1, -1):
+                if masks is not None:
+                    dx = dx * masks[layer + 1]
+                dx, lg, _ = self.cell.backward(self.layer_params(layer), caches[layer], dx, state[layer], lanes)
+                grads.update({f"l{layer}.{k}": v for k, v in lg.items()})
         if masks is not None:
             dx = dx * masks[0]
+        tied = grads.get("embed")                            # the output layer's share, if tied
+        grads["embed"] = np.zeros_like(p["embed"]) if tied is None else np.ascontiguousarray(tied)
         scatter_add_rows(grads["embed"], inputs.reshape(-1), np.ascontiguousarray(dx.reshape(N, -1)))
         return -float(logp.sum()), {k: grads[k] for k in p}, new_state
-

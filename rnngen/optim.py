@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import RnngenError
 from .jit import kernel
+from .lanes import SERIAL, Lanes
 
 # Vectorised loops: no ZeroDivisionError branches, reassociation for the reductions; NaN and
 # inf keep their meaning, since divergence detection reads them from the gradient norm.
@@ -58,9 +59,18 @@ def _adam(p, g, m, v, step, scale, beta1, beta2, eps):
         p[i] -= step * m[i] / (np.sqrt(v[i]) + eps)              # θ <- θ - α_t·m/(√v + ε)
 
 
-def global_norm(grads: dict[str, np.ndarray]) -> float:
-    """Joint L2 norm of all gradients (inf or nan when any entry is)."""
-    return math.sqrt(sum(_sum_squares(g) for g in grads.values()))
+def global_norm(grads: dict[str, np.ndarray], lanes: Lanes = SERIAL) -> float:
+    """Joint L2 norm of all gradients (inf or nan when any entry is); one array per task on
+    ``lanes``, added up in a fixed order."""
+    squares = dict.fromkeys(grads, 0.0)
+
+    def add(name):
+        squares[name] = _sum_squares(grads[name])
+
+    with lanes:
+        for name in grads:
+            lanes.submit(add, name)
+    return math.sqrt(sum(squares.values()))
 
 
 def clip_scale(norm: float, max_norm: float) -> float:
@@ -75,11 +85,13 @@ class Optimizer:
         self.state: dict[str, np.ndarray] = {}
         self.steps = 0
 
-    def step(self, params, grads, lr: float, scale: float = 1.0):
-        """One update with the gradients multiplied by ``scale`` (the clipping factor)."""
+    def step(self, params, grads, lr: float, scale: float = 1.0, lanes: Lanes = SERIAL):
+        """One update with the gradients multiplied by ``scale`` (the clipping factor); one
+        parameter array per task on ``lanes``."""
         self.steps += 1
-        for name, p in params.items():
-            self.update(name, p, grads[name], lr, scale)
+        with lanes:
+            for name, p in params.items():
+                lanes.submit(self.update, name, p, grads[name], lr, scale)
 
     def load_state(self, state: dict[str, np.ndarray], steps: int):
         if set(state) != set(self.state):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .lanes import SERIAL, Lanes
+
 
 def _exp_shifted(logits: np.ndarray, targets: np.ndarray, logits_of=None):
     """In place, logits <- exp(logits - s) per row. Returns (row indices, target logit
@@ -123,21 +125,38 @@ class FullSoftmax:
     def all_logprobs(self, p, top):
         return log_softmax(self._logits(p, top)[0])
 
-    def loss_grad(self, p, top, targets, scale):
-        """(log p[target] per row, dL/dtop, gradients) for L = -scale * sum log p."""
-        dlogits, h1 = self._logits(p, top)
-        logp = softmax_xent_grad(dlogits, targets, scale, lambda rows: self._logits(p, top[rows])[0])
-        if h1 is not None:
-            d_stacked = h1.T @ dlogits
-            grads = {"out.W": d_stacked[:-1], "out.b": d_stacked[-1]}
-        else:
-            d_w = top.T @ dlogits
-            grads = {"out.b": dlogits.sum(axis=0)}
-            if self.tied:
-                grads["embed"] = d_w.T
+    def loss_grad(self, p, top, targets, scale, lanes: Lanes = SERIAL):
+        """(log p[target] per row, dL/dtop, gradients) for L = -scale * sum log p.
+
+        The rows are split over ``lanes``; the weight gradient [h, 1]^T dlogits is left to them
+        as side tasks, in column pieces, so its arrays are filled once the lanes are drained.
+        """
+        stacked, W = _stacked(p), self.weight(p)
+        N, (H, V) = len(top), W.shape
+        h1 = np.empty((N, H + 1), dtype=top.dtype)
+        h1[:, :-1] = top
+        h1[:, -1] = 1.0
+        dlogits = np.empty((N, V), dtype=top.dtype)
+        dtop = np.empty_like(top)
+        logp = np.empty(N, dtype=np.float64)
+
+        def rows(a, b):
+            if stacked is not None:
+                np.matmul(h1[a:b], stacked, out=dlogits[a:b])                    # o = h V + c
             else:
-                grads["out.W"] = d_w
-        return logp, dlogits @ self.weight(p).T, grads
+                np.matmul(top[a:b], W, out=dlogits[a:b])
+                dlogits[a:b] += p["out.b"]
+            logp[a:b] = softmax_xent_grad(dlogits[a:b], targets[a:b], scale,     # do = s(softmax(o) - y)
+                                          lambda r: self._logits(p, top[a:b][r])[0])
+            np.matmul(dlogits[a:b], W.T, out=dtop[a:b])                          # dh = do V^T
+
+        lanes.map_rows(rows, N)
+        d_stacked = np.empty((H + 1, V), dtype=top.dtype)
+        for a, b in lanes.split(V, per_lane=4):
+            lanes.submit(np.matmul, h1.T, dlogits[:, a:b], d_stacked[:, a:b])  # [dV; dc] = [h, 1]^T do
+        grads = {"out.b": d_stacked[-1]}
+        grads["embed" if self.tied else "out.W"] = d_stacked[:-1].T if self.tied else d_stacked[:-1]
+        return logp, dtop, grads
 
 
 def _stacked(p):
@@ -198,7 +217,8 @@ class ClassSoftmax(FullSoftmax):
             out[:, s:e] = log_softmax(out[:, s:e]) + cls_logp[:, c:c + 1]
         return out
 
-    def loss_grad(self, p, top, targets, scale):
+    def loss_grad(self, p, top, targets, scale, lanes: Lanes = SERIAL):
+        """As FullSoftmax.loss_grad, on the calling thread alone: its products are per class."""
         cls, groups = self._groups(targets)
         dcls = top @ p["cls.W"] + p["cls.b"]
         logp = softmax_xent_grad(dcls, cls, scale)

@@ -176,7 +176,8 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     rate, RNG stream and history continue from that checkpoint; ``model_config`` is ignored.
     A NaN or infinite loss (or perplexity), gradient or weight sends training back to the
     last state it saved (or started from) with half the learning rate, up to MAX_RECOVERIES
-    times in a row. ``threads`` sets NumPy's BLAS threads (None: chosen from the model size).
+    times in a row. ``threads`` is how many threads a step uses (:func:`blas.training_lanes`; None: chosen
+    from the model size).
     """
     train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
     batch_size = min(config.batch_size, max(1, len(train_ids) - 1))
@@ -200,7 +201,8 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
                           "bad_epochs": 0, "epoch_nll": 0.0, "epoch_tokens": 0, "elapsed": 0.0,
                           "rng": np.random.default_rng(config.seed + 1).bit_generator.state,
                           "data": fingerprint(train_ids), "done": False}
-    blas.set_threads(threads or blas.auto_threads(model.config.hidden, model.config.vocab_size))
+    threads = threads or blas.auto_threads(model.config.hidden, model.config.vocab_size)
+    lanes = blas.training_lanes(threads, model.config.softmax)
     optim = make_optimizer(config.optimizer, model.params)
     state = model.zero_state(config.batch_size)
     if resume is not None:
@@ -266,7 +268,8 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
         train_ppl = _ppl(ps["epoch_nll"], ps["epoch_tokens"])
         valid_ppl = None
         if valid_ids is not None and len(valid_ids):
-            logprob, count = stream_logprob(model, valid_ids)
+            with blas.numpy_threads(threads):
+                logprob, count = stream_logprob(model, valid_ids)
             valid_ppl = _ppl(-logprob, count)
         score = valid_ppl if valid_ppl is not None else train_ppl
         entry = {"epoch": ps["epoch"] + 1, "partial": partial, "step": ps["step"],
@@ -311,12 +314,12 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
                 start = ps["chunk"] * config.bptt
                 x, y = time_major(inputs, start, start + config.bptt), time_major(targets, start, start + config.bptt)
                 masks = model.dropout_masks(rng, *x.shape) if model.config.dropout > 0 else None
-                nll, grads, new_state = model.loss_and_grads(x, y, state, masks)
-                norm = global_norm(grads)
+                nll, grads, new_state = model.loss_and_grads(x, y, state, masks, lanes)
+                norm = global_norm(grads, lanes)
                 if not (math.isfinite(norm) and _ppl(nll, x.size) < math.inf):
                     recover(f"loss {nll / x.size:.4g} per token, gradient norm {norm:.4g} at step {ps['step'] + 1}")
                     continue
-                optim.step(model.params, grads, ps["lr"], clip_scale(norm, config.clip))
+                optim.step(model.params, grads, ps["lr"], clip_scale(norm, config.clip), lanes)
                 state = new_state
                 ps["chunk"] += 1
                 ps["step"] += 1

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from rnngen.cells import make_cell
+from rnngen.lanes import SERIAL, Lanes
 from rnngen.model import Model, ModelConfig
 
 V, T, B = 7, 5, 3
@@ -30,9 +31,9 @@ def rel_error(num: np.ndarray, ana: np.ndarray) -> float:
     return float(np.abs(num - ana).max() / max(np.abs(num).max(), np.abs(ana).max(), 1e-8))
 
 
-def chunk_loss_check(config: ModelConfig, seed: int = 0, with_dropout: bool = False) -> float:
+def chunk_loss_check(config: ModelConfig, seed: int = 0, with_dropout: bool = False, lanes: Lanes = SERIAL) -> float:
     """Max relative error over every parameter and the carried-in state for the second of
-    two chunks, its initial state carried over from the first."""
+    two chunks, its initial state carried over from the first; the step spread over ``lanes``."""
     rng = np.random.default_rng(seed)
     model = Model.init(config, seed=seed, dtype=np.float64)
     # Larger-than-default weights so the non-linearities are exercised, not just linear.
@@ -55,13 +56,13 @@ def chunk_loss_check(config: ModelConfig, seed: int = 0, with_dropout: bool = Fa
     layer_order = iter(range(config.layers - 1, -1, -1))
     cell_backward = model.cell.backward
 
-    def spy(P, fcache, dh, state0):
-        dx, lg, ds0 = cell_backward(P, fcache, dh, state0)
+    def spy(P, fcache, dh, state0, lanes):
+        dx, lg, ds0 = cell_backward(P, fcache, dh, state0, lanes)
         dstate[next(layer_order)] = ds0
         return dx, lg, ds0
 
     model.cell.backward = spy
-    _, grads, _ = model.loss_and_grads(x, y, carried, masks)
+    _, grads, _ = model.loss_and_grads(x, y, carried, masks, lanes)
     model.cell.backward = cell_backward
 
     assert set(grads) == set(model.params)
@@ -96,6 +97,16 @@ GATED_CASES = {
 def test_gated_cell_gradients(cell, case):
     kwargs, with_dropout = GATED_CASES[case]
     chunk_loss_check(ModelConfig(vocab_size=V, cell=cell, hidden=4, **kwargs), with_dropout=with_dropout)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_gradients_with_two_lanes(cell, tied):
+    """The step split over two threads (rows of the output layer, weight gradients as side
+    tasks) has the same gradients."""
+    lanes = Lanes(2)
+    chunk_loss_check(ModelConfig(vocab_size=V, cell=cell, hidden=4, layers=2, tie_weights=tied, dropout=0.3),
+                     with_dropout=True, lanes=lanes)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])

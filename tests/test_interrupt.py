@@ -249,8 +249,8 @@ def test_weights_that_overflow_are_never_saved(tmp_path, monkeypatch, capsys):
     real_step = optim.Optimizer.step
     steps = {"n": 0}
 
-    def overflow_once(self, params, grads, lr, scale=1.0):
-        real_step(self, params, grads, lr, scale)
+    def overflow_once(self, params, grads, lr, scale=1.0, lanes=None):
+        real_step(self, params, grads, lr, scale, lanes)
         steps["n"] += 1
         if steps["n"] == 1:
             params["out.b"][0] = np.inf

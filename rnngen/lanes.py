@@ -1,0 +1,91 @@
+"""Both cores in a training step, with NumPy's BLAS on one thread in each.
+
+A training step alternates work that BLAS can split over the cores (the big products) with
+work that runs on one (the step-by-step recurrence, the softmax's passes over the logits).
+With BLAS splitting its products, the second core idles through the rest, and the BLAS
+pool's thread keeps spinning on it when a second thread of ours wants it (a 2x200 LSTM step
+with the output layer split over two threads ran 0.79x as fast that way). So in a training
+step :class:`Lanes` splits the work itself: the caller's thread runs the critical path
+(recurrence, then the input gradients each layer below waits for) and a worker thread takes
+side tasks (weight gradients nobody waits for until the step ends, the other half of the
+output layer), each calling BLAS on one thread. The kernels release the GIL, and so does
+NumPy inside BLAS and large ufuncs, so the two run at once.
+"""
+
+from __future__ import annotations
+
+import collections
+from concurrent.futures import ThreadPoolExecutor, wait
+
+
+class Lanes:
+    """Runs side tasks on ``count - 1`` worker threads beside the calling thread.
+
+    Use as ``with lanes: ...``: everything submitted inside has finished at the end of the
+    block, and a task's exception is raised there. With ``count`` 1, tasks run at once on the
+    calling thread, in order: the serial schedule, with no threads at all.
+    """
+
+    def __init__(self, count: int = 1):
+        self.count = max(1, int(count))
+        self._tasks: collections.deque = collections.deque()
+        self._pool = ThreadPoolExecutor(self.count - 1, thread_name_prefix="rnngen-lane") if self.count > 1 else None
+        self._running: list = []
+
+    def submit(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on a free lane (or on the caller, at :meth:`drain`)."""
+        if self._pool is None:
+            fn(*args)
+            return
+        self._tasks.append((fn, args))
+        self._running = [f for f in self._running if not f.done()]
+        if len(self._running) < self.count - 1:
+            self._running.append(self._pool.submit(self._work))
+
+    def _work(self) -> None:
+        while True:
+            try:
+                fn, args = self._tasks.popleft()
+            except IndexError:
+                return
+            fn(*args)
+
+    def drain(self) -> None:
+        """Help with what is still queued, then wait for every lane: all submitted work is
+        done when this returns (and the first error of a task is raised)."""
+        if self._pool is None:
+            return
+        self._work()
+        running, self._running = self._running, []
+        for f in running:
+            f.result()
+
+    def split(self, n: int, per_lane: int = 1) -> list[tuple[int, int]]:
+        """range(n) as ``per_lane`` near-equal (start, stop) slices per lane; one slice when
+        there is only one lane (a product split in pieces runs slower on one thread)."""
+        pieces = self.count * per_lane if self.count > 1 else 1
+        bounds = [n * k // pieces for k in range(pieces + 1)]
+        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def map_rows(self, fn, n: int) -> None:
+        """``fn(start, stop)`` over one slice of range(n) per lane, the first on the calling
+        thread; returns when all are done."""
+        first, *rest = self.split(n) or [(0, 0)]
+        for a, b in rest:
+            self.submit(fn, a, b)
+        fn(*first)
+        self.drain()
+
+    def __enter__(self) -> Lanes:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            self.drain()
+            return
+        self._tasks.clear()                     # the step failed: let nothing write on afterwards
+        wait(self._running)
+        self._running = []
+
+
+SERIAL = Lanes(1)

@@ -1,0 +1,112 @@
+"""Lanes: side tasks on a worker thread, and a training step spread over two of them."""
+
+import threading
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import CORPUS
+
+from rnngen import blas
+from rnngen.checkpoint import load
+from rnngen.cli import cli
+from rnngen.lanes import SERIAL, Lanes
+
+
+def test_one_lane_runs_each_task_at_once_on_the_caller():
+    seen = []
+    with SERIAL:
+        SERIAL.submit(seen.append, threading.get_ident())
+        assert seen == [threading.get_ident()]
+
+
+def test_two_lanes_share_the_tasks_and_finish_them_all_inside_the_block():
+    lanes, done, where = Lanes(2), [], {}
+    started, gate = threading.Event(), threading.Event()
+
+    def task(i):
+        where[i] = threading.get_ident()
+        if i == 0:
+            started.set()
+            gate.wait(5)                   # the worker is held here until task 1 runs
+        if i == 1:
+            gate.set()
+        done.append(i)
+
+    with lanes:
+        lanes.submit(task, 0)
+        assert started.wait(5)
+        for i in range(1, 20):
+            lanes.submit(task, i)
+    assert sorted(done) == list(range(20))
+    assert where[0] != threading.get_ident() and where[1] == threading.get_ident()
+
+
+def test_map_rows_covers_every_row_once():
+    lanes, rows = Lanes(2), np.zeros(101, dtype=int)
+
+    def mark(a, b):
+        rows[a:b] += 1
+
+    lanes.map_rows(mark, 101)
+    assert (rows == 1).all()
+    assert lanes.split(10, per_lane=4) == [(0, 1), (1, 2), (2, 3), (3, 5), (5, 6), (6, 7), (7, 8), (8, 10)]
+    assert SERIAL.split(10, per_lane=4) == [(0, 10)]
+
+
+def test_a_task_error_is_raised_at_the_end_of_the_block():
+    lanes = Lanes(2)
+
+    def fail():
+        raise ValueError("task failed")
+
+    with pytest.raises(ValueError, match="task failed"):
+        with lanes:
+            lanes.submit(fail)
+    with lanes:                            # and the lanes still work afterwards
+        lanes.submit(lambda: None)
+
+
+def test_an_error_in_the_block_drops_the_tasks_still_queued():
+    lanes, ran, gate = Lanes(2), [], threading.Event()
+    with pytest.raises(KeyError):
+        with lanes:
+            lanes.submit(gate.wait, 5)     # keeps the worker busy for 0.2 s
+            for i in range(5):
+                lanes.submit(ran.append, i)
+            threading.Timer(0.2, gate.set).start()
+            raise KeyError("step failed")
+    assert ran == []
+
+
+def test_full_softmax_training_takes_one_lane_per_thread_and_blas_on_one():
+    before = blas.thread_count()
+    try:
+        lanes = blas.training_lanes(2, "full")
+        assert lanes.count == 2 and blas.thread_count() == 1
+        with blas.numpy_threads(2):        # validation inside training: BLAS splits again
+            assert blas.thread_count() == 2
+        assert blas.thread_count() == 1
+        assert blas.training_lanes(2, "class") is SERIAL and blas.thread_count() == 2
+        assert blas.training_lanes(1, "full") is SERIAL and blas.thread_count() == 1
+    finally:
+        blas.set_threads(before)
+
+
+def _train(folder, threads: str):
+    out = folder / f"m{threads}.npz"
+    result = CliRunner().invoke(cli, ["train", str(folder / "c.txt"), "--hidden", "16", "--layers", "2", "--cell",
+                                      "lstm", "--epochs", "1", "--seed", "4", "--threads", threads, "-q",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return load(str(out))
+
+
+def test_training_on_two_lanes_is_reproducible_and_matches_one(tmp_path):
+    head = "\n".join((CORPUS / "train.txt").read_text().splitlines()[:300]) + "\n"
+    (tmp_path / "c.txt").write_text(head)
+    one, two = _train(tmp_path, "1"), _train(tmp_path, "2")
+    again = _train(tmp_path, "2")
+    for name, value in two.model.params.items():
+        np.testing.assert_array_equal(value, again.model.params[name])          # same --seed, same model
+        np.testing.assert_allclose(value, one.model.params[name], rtol=1e-3, atol=1e-5)
