@@ -21,8 +21,8 @@ from contextlib import contextmanager
 # Let LLVM vectorise the elementwise loops: NumPy's error model drops the ZeroDivisionError
 # branch Numba puts in every division (it blocked vectorising tanh's rational form, 3x), and
 # these fast-math flags allow fused multiply-adds and reciprocals — not assuming away NaN
-# or inf, which divergence detection relies on. nogil: the scorer runs the recurrence while
-# another thread computes the output layer (score._overlapped).
+# or inf, which divergence detection relies on. nogil: a second lane (rnngen.lanes) works
+# on the output layer or weight gradients while a kernel runs the recurrence.
 LOOP_OPTIONS = {"nogil": True, "error_model": "numpy", "fastmath": {"contract", "arcp", "afn"}}
 
 # The most work a process runs as Python, in time steps x layers x hidden units: interpreted,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import math
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import blas, jit
 from .jit import interpreted_if_small
+from .lanes import Lanes
 from .model import Model
 from .vocab import Vocab
 
@@ -41,52 +41,32 @@ class SentenceScore:
 def chunked_logprobs(model: Model, inputs: np.ndarray, targets: np.ndarray,
                      state: np.ndarray | None = None, chunk: int = CHUNK):
     """log p(targets | inputs so far) for (T, B) id arrays, carrying the state through
-    chunks of ``chunk`` steps. Returns ((T, B) float64 log-probs, final state)."""
+    chunks of ``chunk`` steps. Returns ((T, B) float64 log-probs, final state).
+
+    With NumPy's BLAS on several threads, the chunks run on :class:`Lanes` instead: this
+    thread runs the layers of chunk k+1 (Numba, without the GIL) while a worker starts on
+    the output layer of chunk k, in pieces; this thread then helps with what is left. Each
+    lane calls BLAS on one thread meanwhile.
+    """
     T, B = inputs.shape
     chunk = max(1, min(chunk, MAX_ROWS // B))
     spans = [(start, min(start + chunk, T)) for start in range(0, T, chunk)]
     state = model.zero_state(B) if state is None else state
     out = np.empty((T, B), dtype=np.float64)
     with interpreted_if_small(T * B, model.config.layers, model.config.hidden):
-        if overlap_pays(model, len(spans), B):
-            state = _overlapped(model, inputs, targets, state, spans, out)
-        else:
+        threads = blas.thread_count()
+        if len(spans) < 2 or threads < 2 or jit.interpreting():
             for a, b in spans:
                 out[a:b], state = model.token_logprobs(inputs[a:b], targets[a:b], state)
+            return out, state
+        lanes = _lanes(threads)
+        with blas.numpy_threads(1), lanes:
+            for a, b in spans:
+                top, _, state = model.hidden_forward(inputs[a:b], state)
+                lanes.drain()                               # the chunk before: done, with our help
+                for s, e in lanes.split(b - a):
+                    lanes.submit(_write_logprobs, model, top[s:e], targets[a + s:a + e], out[a + s:a + e])
     return out, state
-
-
-def overlap_pays(model: Model, n_chunks: int, batch: int) -> bool:
-    """Run the recurrence of each chunk beside the output layer of the one before? It paid
-    for one stream (batch 1) through stacked gated cells, where the step-by-step recurrence
-    is a third of the time and runs on one core: 2x200 LSTM, PTB valid as one stream,
-    14.5-18.3k -> 19.1-21.7k tokens/s. It lost where the output layer needs both cores: one
-    layer (RNN-200: 23-25k -> 17-19k), or many lines side by side (2x200 LSTM, PTB valid
-    lines 64 at a time: 16.9-22.7k -> 15.2-17.4k). Needs two BLAS threads to split and
-    compiled kernels."""
-    cfg = model.config
-    return (batch == 1 and n_chunks > 1 and cfg.layers >= 2 and model.cell.gates > 1
-            and not jit.interpreting() and blas.thread_count() >= 2)
-
-
-def _overlapped(model: Model, inputs, targets, state, spans, out):
-    """This thread runs the layers of chunk k+1 (Numba, without the GIL) while a worker thread
-    runs the output layer of chunk k, each on one core: NumPy's BLAS on 1 thread meanwhile."""
-    threads = blas.thread_count()
-    blas.set_threads(1)
-    pending = None
-    try:
-        for a, b in spans:
-            top, _, state = model.hidden_forward(inputs[a:b], state)
-            if pending is not None:
-                pending.result()
-            pending = _worker().submit(_write_logprobs, model, top, targets[a:b], out[a:b])
-        pending.result()
-    finally:
-        if pending is not None:
-            wait([pending])                         # never leave the worker writing into ``out``
-        blas.set_threads(threads)
-    return state
 
 
 def _write_logprobs(model: Model, top, targets, out) -> None:
@@ -94,8 +74,8 @@ def _write_logprobs(model: Model, top, targets, out) -> None:
 
 
 @functools.cache
-def _worker() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(1, thread_name_prefix="rnngen-score")
+def _lanes(count: int) -> Lanes:
+    return Lanes(count)
 
 
 def stream_logprob(model: Model, ids: np.ndarray) -> tuple[float, int]:

@@ -101,36 +101,31 @@ def test_unshifted_softmax_recomputes_rows_where_exp_overflows_or_underflows():
     assert np.allclose(lp[keep], lp_ref[keep], atol=1e-5) and np.allclose(grad[keep], grad_ref[keep], atol=1e-6)
 
 
-def test_overlapped_scoring_equals_plain_scoring(monkeypatch):
-    """The recurrence of one chunk beside the output layer of the one before (two threads)
-    gives exactly what one chunk after the other gives, and leaves the BLAS threads as found."""
+@pytest.mark.parametrize("batch", [1, 3])
+def test_scoring_on_two_lanes_equals_one_chunk_after_another(monkeypatch, batch):
+    """The layers of one chunk beside the output layer of the one before (two lanes) give
+    exactly what one chunk after the other gives, and leave the BLAS threads as found."""
     import rnngen.score
-    from rnngen import blas
+    from rnngen import blas, jit
     from rnngen.score import chunked_logprobs
 
+    monkeypatch.setattr(jit, "SMALL_JOB", 0)                # compiled kernels: they release the GIL
     model = Model.init(ModelConfig(vocab_size=40, cell="lstm", hidden=12, layers=2), seed=0)
     rng = np.random.default_rng(3)
-    inputs = rng.integers(0, 40, (50, 3)).astype(np.int32)
-    targets = rng.integers(0, 40, (50, 3)).astype(np.int32)
-    threads = blas.thread_count()
-    monkeypatch.setattr(rnngen.score, "overlap_pays", lambda model, n, batch: False)
-    plain, plain_state = chunked_logprobs(model, inputs, targets, chunk=7)
-    monkeypatch.setattr(rnngen.score, "overlap_pays", lambda model, n, batch: True)
-    overlapped, overlapped_state = chunked_logprobs(model, inputs, targets, chunk=7)
-    assert np.array_equal(plain, overlapped) and np.array_equal(plain_state, overlapped_state)
-    assert blas.thread_count() == threads
-
-
-def test_overlap_only_for_one_stream_through_stacked_gated_cells(monkeypatch):
-    from rnngen import blas
-    from rnngen.score import overlap_pays
-
-    monkeypatch.setattr(blas, "thread_count", lambda: 2)
-    lstm2 = Model.init(ModelConfig(vocab_size=9, cell="lstm", hidden=4, layers=2), seed=0)
-    assert overlap_pays(lstm2, 3, 1)
-    assert not overlap_pays(lstm2, 1, 1)
-    assert not overlap_pays(lstm2, 3, 64)
-    assert not overlap_pays(Model.init(ModelConfig(vocab_size=9, cell="lstm", hidden=4), seed=0), 3, 1)
-    assert not overlap_pays(Model.init(ModelConfig(vocab_size=9, cell="rnn", hidden=4, layers=2), seed=0), 3, 1)
-    monkeypatch.setattr(blas, "thread_count", lambda: 1)
-    assert not overlap_pays(lstm2, 3, 1)
+    inputs = rng.integers(0, 40, (50, batch)).astype(np.int32)
+    targets = rng.integers(0, 40, (50, batch)).astype(np.int32)
+    before = blas.thread_count()
+    pieces = []
+    real_write = rnngen.score._write_logprobs
+    monkeypatch.setattr(rnngen.score, "_write_logprobs", lambda *args: (pieces.append(1), real_write(*args)))
+    try:
+        blas.set_threads(1)                                 # one BLAS thread: one chunk after another
+        plain, plain_state = chunked_logprobs(model, inputs, targets, chunk=7)
+        assert pieces == []
+        blas.set_threads(2)
+        on_lanes, lanes_state = chunked_logprobs(model, inputs, targets, chunk=7)
+        assert len(pieces) == 2 * 7 + 1                     # 7 chunks of 7 steps over 2 lanes, then 1 step
+        assert blas.thread_count() == 2
+    finally:
+        blas.set_threads(before)
+    assert np.array_equal(plain, on_lanes) and np.array_equal(plain_state, lanes_state)
