@@ -5,8 +5,10 @@ whole-chunk products (the output layer); SciPy's is the one Numba calls for the 
 per-time-step products inside the kernels. Each spins its own thread pool; on 2 cores two
 spinning pools, or one pool sharing a core with another busy process, turned a 1 ms
 recurrence into 540 ms and a 70k tokens/s training run into 8k (measured). So only one of
-them gets threads at a time (:func:`give_threads`): NumPy's for training and scoring, the
-kernels' for sampling and for scoring models whose recurrent weights outgrow a core's cache.
+them gets threads at a time (:func:`give_threads`): the kernels' for sampling and for
+scoring models whose recurrent weights outgrow a core's cache, NumPy's otherwise. Training
+with the full softmax gives them to neither: its threads are :class:`Lanes`, each calling
+BLAS on one thread (:func:`training_lanes`); scoring does the same with NumPy's threads.
 """
 
 from __future__ import annotations

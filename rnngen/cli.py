@@ -22,8 +22,8 @@ def model_option(f):
 
 def threads_option(f):
     return click.option("--threads", type=click.IntRange(min=0), default=0,
-                        help="BLAS threads for the heavy matrix products (default 0: all cores for "
-                             "large models, 1 for small ones).")(f)
+                        help="Threads for the heavy work (default 0: all cores for large models, 1 for "
+                             "small ones).")(f)
 
 
 def _load_for_use(path: str, threads: int, job: str):
