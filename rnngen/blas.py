@@ -7,7 +7,7 @@ spinning pools, or one pool sharing a core with another busy process, turned a 1
 recurrence into 540 ms and a 70k tokens/s training run into 8k (measured). So only one of
 them gets threads at a time (:func:`give_threads`): the kernels' for sampling and for
 scoring models whose recurrent weights outgrow a core's cache, NumPy's otherwise. Training
-with the full softmax gives them to neither: its threads are :class:`Lanes`, each calling
+with the full softmax gives them to neither: its threads are lanes (:mod:`rnngen.lanes`), each calling
 BLAS on one thread (:func:`training_lanes`); scoring does the same with NumPy's threads.
 """
 
@@ -22,7 +22,7 @@ import importlib.util
 import os
 import sys
 
-from .lanes import SERIAL, Lanes
+from . import lanes
 
 # The thread-count functions of OpenBLAS under the names its builds export; "{}" is set or get.
 _THREAD_FUNCTIONS = ("scipy_openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads",
@@ -122,7 +122,7 @@ def numpy_threads(threads: int):
         set_threads(before)
 
 
-def training_lanes(threads: int, softmax: str) -> Lanes:
+def training_lanes(threads: int, softmax: str) -> lanes.Lanes:
     """How a training step uses ``threads`` threads; sets NumPy's BLAS to match.
 
     Full softmax: one :class:`Lanes` lane per thread, BLAS on one thread in each. A 2x200
@@ -132,9 +132,9 @@ def training_lanes(threads: int, softmax: str) -> Lanes:
     """
     if threads > 1 and softmax == "full":
         set_threads(1)
-        return Lanes(threads)
+        return lanes.shared(threads)
     set_threads(threads)
-    return SERIAL
+    return lanes.SERIAL
 
 
 def give_threads(threads: int, to_kernels: bool) -> None:

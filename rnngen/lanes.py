@@ -1,20 +1,22 @@
-"""Both cores in a training step, with NumPy's BLAS on one thread in each.
+"""Both cores in a training or scoring step, with NumPy's BLAS on one thread in each.
 
 A training step alternates work that BLAS can split over the cores (the big products) with
-work that runs on one (the step-by-step recurrence, the softmax's passes over the logits).
-With BLAS splitting its products, the second core idles through the rest, and the BLAS
-pool's thread keeps spinning on it when a second thread of ours wants it (a 2x200 LSTM step
-with the output layer split over two threads ran 0.79x as fast that way). So in a training
-step :class:`Lanes` splits the work itself: the caller's thread runs the critical path
+work that runs on one (the step-by-step recurrence, the softmax's passes over the logits,
+the optimiser). With BLAS splitting its products, the second core idles through the rest,
+and the BLAS pool's thread keeps spinning on it when a second thread of ours wants it (a
+2x200 LSTM step with the output layer split over two threads ran 0.79x as fast that way).
+So :class:`Lanes` splits the work itself: the caller's thread runs the critical path
 (recurrence, then the input gradients each layer below waits for) and a worker thread takes
-side tasks (weight gradients nobody waits for until the step ends, the other half of the
-output layer), each calling BLAS on one thread. The kernels release the GIL, and so does
-NumPy inside BLAS and large ufuncs, so the two run at once.
+side tasks (weight gradients nobody waits for until the step ends, its share of the output
+layer), each calling BLAS on one thread. Scoring runs the layers of one chunk beside the
+output layer of the one before. The kernels release the GIL, and so does NumPy inside BLAS
+and large ufuncs, so the two run at once.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 from concurrent.futures import ThreadPoolExecutor, wait
 
 
@@ -89,3 +91,10 @@ class Lanes:
 
 
 SERIAL = Lanes(1)
+
+
+@functools.cache
+def shared(count: int) -> Lanes:
+    """One set of lanes per thread count for the process, so that worker threads are made
+    once (not for concurrent callers: each drains the other's tasks)."""
+    return SERIAL if count <= 1 else Lanes(count)

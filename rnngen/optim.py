@@ -17,7 +17,7 @@ from .lanes import SERIAL, Lanes
 
 # Vectorised loops: no ZeroDivisionError branches, reassociation for the reductions; NaN and
 # inf keep their meaning, since divergence detection reads them from the gradient norm.
-LOOP_OPTIONS = {"error_model": "numpy", "fastmath": {"contract", "arcp", "afn", "reassoc", "nsz"}}
+LOOP_OPTIONS = {"nogil": True, "error_model": "numpy", "fastmath": {"contract", "arcp", "afn", "reassoc", "nsz"}}
 
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}

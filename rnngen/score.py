@@ -8,7 +8,6 @@ state carried across lines (the standard Penn Treebank evaluation).
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from . import blas, jit
 from .jit import interpreted_if_small
-from .lanes import Lanes
+from .lanes import shared as shared_lanes
 from .model import Model
 from .vocab import Vocab
 
@@ -59,7 +58,7 @@ def chunked_logprobs(model: Model, inputs: np.ndarray, targets: np.ndarray,
             for a, b in spans:
                 out[a:b], state = model.token_logprobs(inputs[a:b], targets[a:b], state)
             return out, state
-        lanes = _lanes(threads)
+        lanes = shared_lanes(threads)
         with blas.numpy_threads(1), lanes:
             for a, b in spans:
                 top, _, state = model.hidden_forward(inputs[a:b], state)
@@ -71,11 +70,6 @@ def chunked_logprobs(model: Model, inputs: np.ndarray, targets: np.ndarray,
 
 def _write_logprobs(model: Model, top, targets, out) -> None:
     out[...] = model.top_logprobs(top, targets)
-
-
-@functools.cache
-def _lanes(count: int) -> Lanes:
-    return Lanes(count)
 
 
 def stream_logprob(model: Model, ids: np.ndarray) -> tuple[float, int]:

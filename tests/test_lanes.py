@@ -84,6 +84,7 @@ def test_full_softmax_training_takes_one_lane_per_thread_and_blas_on_one():
     try:
         lanes = blas.training_lanes(2, "full")
         assert lanes.count == 2 and blas.thread_count() == 1
+        assert blas.training_lanes(2, "full") is lanes           # one worker thread per process, made once
         with blas.numpy_threads(2):        # validation inside training: BLAS splits again
             assert blas.thread_count() == 2
         assert blas.thread_count() == 1
