@@ -7,8 +7,9 @@ spinning pools, or one pool sharing a core with another busy process, turned a 1
 recurrence into 540 ms and a 70k tokens/s training run into 8k (measured). So only one of
 them gets threads at a time (:func:`give_threads`): the kernels' for sampling and for
 scoring models whose recurrent weights outgrow a core's cache, NumPy's otherwise. Training
-with the full softmax gives them to neither: its threads are lanes (:mod:`rnngen.lanes`), each calling
-BLAS on one thread (:func:`training_lanes`); scoring does the same with NumPy's threads.
+with the full softmax gives them to neither: its threads are lanes (:mod:`rnngen.lanes`),
+each calling BLAS on one thread (:func:`training_lanes`); scoring does the same with
+NumPy's threads.
 """
 
 from __future__ import annotations
