@@ -33,19 +33,19 @@ class Cell:
         return {k: rng.uniform(-bound, bound, size=s).astype(dtype)
                 for k, s in self.param_shapes(n_in, hidden).items()}
 
-    def forward(self, P: dict, x: np.ndarray, state0: np.ndarray, lanes: Lanes = SERIAL):
+    def forward(self, P: dict, x: np.ndarray, state0: np.ndarray):
         """Run the layer over a chunk. Returns (h sequence, cache for backward, final state)."""
-        T, B, n_in = x.shape
-        x2 = x.reshape(T * B, n_in)
-        xproj = np.empty((T * B, P["W_x"].shape[1]), dtype=x.dtype)
+        out = self.buffers(x.shape[0], x.shape[1], state0.shape[-1], x.dtype)
+        self.steps(P, x, out, 0, x.shape[0], state0)
+        return self.finish(x, out, state0)
 
-        def rows(a, b):
-            np.matmul(x2[a:b], P["W_x"], out=xproj[a:b])              # x U + b, for all steps at once
-            xproj[a:b] += P["b"]
-
-        lanes.map_rows(rows, T * B)
-        h, cache, state_T = self.recur(P, xproj.reshape(T, B, -1), state0)
-        return h, (x, h, cache), state_T
+    def steps(self, P: dict, x: np.ndarray, out: dict, a: int, b: int, state0: np.ndarray) -> None:
+        """Time steps a..b of a chunk into ``out`` (from :meth:`buffers`): their input projection
+        as one product, then the recurrence. Slices of a chunk run in order, so that the layer
+        above can start on one slice while this layer computes the next."""
+        T, B, n_in = x[a:b].shape
+        xproj = (x[a:b].reshape(T * B, n_in) @ P["W_x"] + P["b"]).reshape(T, B, -1)   # x U + b
+        self.recur(P, xproj, out, a, b, state0)
 
     def backward(self, P: dict, fcache, dh: np.ndarray, state0: np.ndarray, lanes: Lanes = SERIAL):
         """Truncated BPTT over the chunk. Returns (dL/dx, parameter gradients, dL/dstate0).
@@ -78,11 +78,16 @@ class RNNCell(Cell):
 
     name = "rnn"
 
-    def recur(self, P, xproj, state0):
-        T, B, _ = xproj.shape
-        s = np.empty((T, B, state0.shape[-1]), dtype=xproj.dtype)
-        kernels.rnn_forward(xproj, P["W_h"], state0[0], self.relu, s)
-        return s, None, s[-1][None].copy()
+    def buffers(self, T, B, H, dtype):
+        return {"h": np.empty((T, B, H), dtype=dtype)}                  # s_t, named h as in the other cells
+
+    def recur(self, P, xproj, out, a, b, state0):
+        s_prev = np.ascontiguousarray(state0[0]) if a == 0 else out["h"][a - 1]
+        kernels.rnn_forward(xproj, P["W_h"], s_prev, self.relu, out["h"][a:b])
+
+    def finish(self, x, out, state0):
+        s = out["h"]
+        return s, (x, s, None), s[-1][None].copy()
 
     def recur_backward(self, P, cache, s, ds, state0):
         dpre = np.empty((s.shape[0], s.shape[1], s.shape[2]), dtype=s.dtype)
@@ -103,16 +108,19 @@ class LSTMCell(Cell):
         p["b"][hidden:2 * hidden] = 1.0          # forget-gate bias 1: remember by default
         return p
 
-    def recur(self, P, xproj, state0):
-        T, B, _ = xproj.shape
-        H = state0.shape[-1]
-        h = np.empty((T, B, H), dtype=xproj.dtype)
-        c = np.empty((T, B, H), dtype=xproj.dtype)
-        tc = np.empty((T, B, H), dtype=xproj.dtype)
-        acts = np.empty((T, B, 4 * H), dtype=xproj.dtype)
-        c0 = np.ascontiguousarray(state0[1])
-        kernels.lstm_forward(xproj, P["W_h"], np.ascontiguousarray(state0[0]), c0, h, c, tc, acts)
-        return h, (c, tc, acts, c0), np.stack((h[-1], c[-1]))
+    def buffers(self, T, B, H, dtype):
+        return {"h": np.empty((T, B, H), dtype=dtype), "c": np.empty((T, B, H), dtype=dtype),
+                "tc": np.empty((T, B, H), dtype=dtype), "acts": np.empty((T, B, 4 * H), dtype=dtype)}
+
+    def recur(self, P, xproj, out, a, b, state0):
+        h, c, tc, acts = out["h"], out["c"], out["tc"], out["acts"]
+        h_prev, c_prev = (np.ascontiguousarray(state0[0]), np.ascontiguousarray(state0[1])) if a == 0 \
+            else (h[a - 1], c[a - 1])
+        kernels.lstm_forward(xproj, P["W_h"], h_prev, c_prev, h[a:b], c[a:b], tc[a:b], acts[a:b])
+
+    def finish(self, x, out, state0):
+        h, c = out["h"], out["c"]
+        return h, (x, h, (c, out["tc"], out["acts"], np.ascontiguousarray(state0[1]))), np.stack((h[-1], c[-1]))
 
     def recur_backward(self, P, cache, h, dh, state0):
         c, tc, acts, c0 = cache
@@ -134,15 +142,18 @@ class GRUCell(Cell):
         shapes["b_hn"] = (hidden,)
         return shapes
 
-    def recur(self, P, xproj, state0):
-        T, B, _ = xproj.shape
-        H = state0.shape[-1]
-        h = np.empty((T, B, H), dtype=xproj.dtype)
-        acts = np.empty((T, B, 3 * H), dtype=xproj.dtype)
-        hn = np.empty((T, B, H), dtype=xproj.dtype)
-        h0 = np.ascontiguousarray(state0[0])
-        kernels.gru_forward(xproj, P["W_h"], P["b_hn"], h0, h, acts, hn)
-        return h, (acts, hn, h0), h[-1][None].copy()
+    def buffers(self, T, B, H, dtype):
+        return {"h": np.empty((T, B, H), dtype=dtype), "acts": np.empty((T, B, 3 * H), dtype=dtype),
+                "hn": np.empty((T, B, H), dtype=dtype)}
+
+    def recur(self, P, xproj, out, a, b, state0):
+        h, acts, hn = out["h"], out["acts"], out["hn"]
+        h_prev = np.ascontiguousarray(state0[0]) if a == 0 else h[a - 1]
+        kernels.gru_forward(xproj, P["W_h"], P["b_hn"], h_prev, h[a:b], acts[a:b], hn[a:b])
+
+    def finish(self, x, out, state0):
+        h = out["h"]
+        return h, (x, h, (out["acts"], out["hn"], np.ascontiguousarray(state0[0]))), h[-1][None].copy()
 
     def recur_backward(self, P, cache, h, dh, state0):
         acts, hn, h0 = cache

@@ -144,14 +144,14 @@ class Model:
         return [(rng.random((T, B, d)) < keep).astype(self.dtype) / self.dtype.type(keep)
                 for d in sizes]
 
-    def hidden_forward(self, inputs: np.ndarray, state: np.ndarray, masks=None, lanes: Lanes = SERIAL):
+    def hidden_forward(self, inputs: np.ndarray, state: np.ndarray, masks=None):
         """Top-layer outputs (T, B, H) for token ids (T, B); also caches and final state."""
         x = self.params["embed"][inputs]
         if masks is not None:
             x = x * masks[0]
         caches, new_state = [], np.empty_like(state)
         for layer in range(self.config.layers):
-            x, cache, new_state[layer] = self.cell.forward(self.layer_params(layer), x, state[layer], lanes)
+            x, cache, new_state[layer] = self.cell.forward(self.layer_params(layer), x, state[layer])
             caches.append(cache)
             if masks is not None:
                 x = x * masks[layer + 1]
@@ -183,8 +183,11 @@ class Model:
         N = T * B
         p, cfg = self.params, self.config
         with lanes:
-            top, caches, new_state = self.hidden_forward(inputs, state, masks, lanes)
-            logp, dtop, grads = self.output.loss_grad(p, top.reshape(N, -1), targets.reshape(-1), 1.0 / B, lanes)
+            if lanes.count > 1 and cfg.softmax == "full" and T > 1:
+                caches, new_state, (logp, dtop, grads) = self._forward_in_halves(inputs, targets, state, masks, lanes)
+            else:
+                top, caches, new_state = self.hidden_forward(inputs, state, masks)
+                logp, dtop, grads = self.output.loss_grad(p, top.reshape(N, -1), targets.reshape(-1), 1.0 / B, lanes)
             dx = dtop.reshape(T, B, -1)
             for layer in range(cfg.layers - 1, -1, -1):
                 if masks is not None:
@@ -197,3 +200,39 @@ class Model:
         grads["embed"] = np.zeros_like(p["embed"]) if tied is None else np.ascontiguousarray(tied)
         scatter_add_rows(grads["embed"], inputs.reshape(-1), np.ascontiguousarray(dx.reshape(N, -1)))
         return -float(logp.sum()), {k: grads[k] for k in p}, new_state
+
+    def _forward_in_halves(self, inputs, targets, state, masks, lanes: Lanes):
+        """The forward pass and the output layer of a training step on two lanes, the chunk's
+        time steps in two halves: the worker runs layer l+1 on the first half while this
+        thread runs layer l on the second, then the output layer of the first half while this
+        thread finishes the top layer and does the output layer of the second half. Returns
+        (caches, final state, what output.loss_grad_rows' result returns)."""
+        T, B = inputs.shape
+        L, half = self.config.layers, T // 2
+        params = [self.layer_params(layer) for layer in range(L)]
+        outs = [self.cell.buffers(T, B, self.config.hidden, self.dtype) for _ in range(L)]
+        xs = [self.params["embed"][inputs]]                        # each layer's input; xs[L]: the top
+        if masks is not None:
+            xs[0] *= masks[0]
+        xs += [out["h"] if masks is None else np.empty_like(out["h"]) for out in outs]
+        rows, result = self.output.loss_grad_rows(self.params, xs[L].reshape(T * B, -1), targets.reshape(-1), 1.0 / B)
+
+        def layer(k, a, b):
+            self.cell.steps(params[k], xs[k], outs[k], a, b, state[k])
+            if masks is not None:
+                np.multiply(outs[k]["h"][a:b], masks[k + 1][a:b], out=xs[k + 1][a:b])
+
+        layer(0, 0, half)
+        for k in range(L - 1):
+            lanes.submit(layer, k + 1, 0, half)
+            layer(k, half, T)
+            lanes.drain()
+        lanes.submit(rows, 0, half * B)
+        layer(L - 1, half, T)
+        rows(half * B, T * B)
+        lanes.drain()                                            # dL/dtop complete: backward may start
+        caches, new_state = [], np.empty_like(state)
+        for k in range(L):
+            _, cache, new_state[k] = self.cell.finish(xs[k], outs[k], state[k])
+            caches.append(cache)
+        return caches, new_state, result(lanes)

@@ -126,21 +126,27 @@ class FullSoftmax:
         return log_softmax(self._logits(p, top)[0])
 
     def loss_grad(self, p, top, targets, scale, lanes: Lanes = SERIAL):
-        """(log p[target] per row, dL/dtop, gradients) for L = -scale * sum log p.
+        """(log p[target] per row, dL/dtop, gradients) for L = -scale * sum log p, the rows
+        split over ``lanes`` (see :meth:`loss_grad_rows`)."""
+        rows, result = self.loss_grad_rows(p, top, targets, scale)
+        lanes.map_rows(rows, len(top))
+        return result(lanes)
 
-        The rows are split over ``lanes``; the weight gradient [h, 1]^T dlogits is left to them
-        as side tasks, in column pieces, so its arrays are filled once the lanes are drained.
-        """
+    def loss_grad_rows(self, p, top, targets, scale):
+        """:meth:`loss_grad` in pieces: ``rows(a, b)`` does rows a..b of ``top`` (any order,
+        any thread, once each row of ``top`` is final), then ``result(lanes)`` returns what
+        loss_grad returns. It leaves the weight gradient [h, 1]^T dlogits to ``lanes`` as side
+        tasks, in column pieces: its arrays are filled once the lanes are drained."""
         stacked, W = _stacked(p), self.weight(p)
         N, (H, V) = len(top), W.shape
         h1 = np.empty((N, H + 1), dtype=top.dtype)
-        h1[:, :-1] = top
-        h1[:, -1] = 1.0
         dlogits = np.empty((N, V), dtype=top.dtype)
         dtop = np.empty_like(top)
         logp = np.empty(N, dtype=np.float64)
 
         def rows(a, b):
+            h1[a:b, :-1] = top[a:b]
+            h1[a:b, -1] = 1.0
             if stacked is not None:
                 np.matmul(h1[a:b], stacked, out=dlogits[a:b])                    # o = h V + c
             else:
@@ -150,13 +156,15 @@ class FullSoftmax:
                                           lambda r: self._logits(p, top[a:b][r])[0])
             np.matmul(dlogits[a:b], W.T, out=dtop[a:b])                          # dh = do V^T
 
-        lanes.map_rows(rows, N)
-        d_stacked = np.empty((H + 1, V), dtype=top.dtype)
-        for a, b in lanes.split(V, per_lane=4):
-            lanes.submit(np.matmul, h1.T, dlogits[:, a:b], d_stacked[:, a:b])  # [dV; dc] = [h, 1]^T do
-        grads = {"out.b": d_stacked[-1]}
-        grads["embed" if self.tied else "out.W"] = d_stacked[:-1].T if self.tied else d_stacked[:-1]
-        return logp, dtop, grads
+        def result(lanes: Lanes):
+            d_stacked = np.empty((H + 1, V), dtype=top.dtype)
+            for a, b in lanes.split(V, per_lane=4):
+                lanes.submit(np.matmul, h1.T, dlogits[:, a:b], d_stacked[:, a:b])  # [dV; dc] = [h, 1]^T do
+            grads = {"out.b": d_stacked[-1]}
+            grads["embed" if self.tied else "out.W"] = d_stacked[:-1].T if self.tied else d_stacked[:-1]
+            return logp, dtop, grads
+
+        return rows, result
 
 
 def _stacked(p):
