@@ -1,8 +1,9 @@
 """Recurrent cells: parameters, and forward/backward of one layer over a chunk.
 
 A cell turns a layer's input sequence ``x`` (T, B, n_in) and initial state into an output
-sequence (T, B, H). The input projection ``x U + b`` and all weight gradients are whole-
-chunk matrix products (BLAS); the step-by-step recurrence runs in the Numba kernels of
+sequence (T, B, H). The input projection ``x U + b`` is one matrix product (BLAS) per slice
+of time steps (the whole chunk, or half of it in a training step on two lanes), the weight
+gradients one per chunk; the step-by-step recurrence runs in the Numba kernels of
 ``kernels.py``.
 """
 

@@ -8,8 +8,9 @@ and the BLAS pool's thread keeps spinning on it when a second thread of ours wan
 So :class:`Lanes` splits the work itself: the caller's thread runs the critical path
 (recurrence, then the input gradients each layer below waits for) and a worker thread takes
 side tasks (weight gradients nobody waits for until the step ends, its share of the output
-layer), each calling BLAS on one thread. Scoring runs the layers of one chunk beside the
-output layer of the one before. The kernels release the GIL, and so does NumPy inside BLAS
+layer, the first half of the chunk through each layer above while the caller's thread runs
+the second half through the layer below), each calling BLAS on one thread. Scoring runs the
+layers of one chunk beside the output layer of the one before. The kernels release the GIL, and so does NumPy inside BLAS
 and large ufuncs, so the two run at once.
 """
 
