@@ -100,7 +100,7 @@ def test_gated_cell_gradients(cell, case):
 
 
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_gradients_with_two_lanes(cell, tied):
     """The step split over two threads (rows of the output layer, weight gradients as side
     tasks) has the same gradients."""

@@ -111,3 +111,23 @@ def test_training_on_two_lanes_is_reproducible_and_matches_one(tmp_path):
     for name, value in two.model.params.items():
         np.testing.assert_array_equal(value, again.model.params[name])          # same --seed, same model
         np.testing.assert_allclose(value, one.model.params[name], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_three_layers_in_halves_match_the_serial_step(cell):
+    """The forward pass in halves hands each layer's first half to the worker in turn; with
+    three layers that is two hand-overs before the output layer's."""
+    from rnngen.model import Model, ModelConfig
+
+    model = Model.init(ModelConfig(vocab_size=11, cell=cell, hidden=6, layers=3, dropout=0.2), seed=2,
+                       dtype=np.float64)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 11, size=(8, 4)).astype(np.int32)
+    masks = model.dropout_masks(rng, 7, 4)
+    state = rng.normal(0, 0.5, model.zero_state(4).shape)
+    serial = model.loss_and_grads(ids[:-1], ids[1:], state, masks)
+    on_lanes = model.loss_and_grads(ids[:-1], ids[1:], state, masks, Lanes(2))
+    assert serial[0] == pytest.approx(on_lanes[0], rel=1e-12)
+    np.testing.assert_allclose(serial[2], on_lanes[2], rtol=1e-12)
+    for name, grad in serial[1].items():
+        np.testing.assert_allclose(grad, on_lanes[1][name], rtol=1e-9, atol=1e-12, err_msg=name)
