@@ -10,8 +10,8 @@ So :class:`Lanes` splits the work itself: the caller's thread runs the critical 
 side tasks (weight gradients nobody waits for until the step ends, its share of the output
 layer, the first half of the chunk through each layer above while the caller's thread runs
 the second half through the layer below), each calling BLAS on one thread. Scoring runs the
-layers of one chunk beside the output layer of the one before. The kernels release the GIL, and so does NumPy inside BLAS
-and large ufuncs, so the two run at once.
+layers of one chunk beside the output layer of the one before. The kernels release the GIL,
+and so does NumPy inside BLAS and large ufuncs, so the two run at once.
 """
 
 from __future__ import annotations
@@ -55,13 +55,25 @@ class Lanes:
 
     def drain(self) -> None:
         """Help with what is still queued, then wait for every lane: all submitted work is
-        done when this returns (and the first error of a task is raised)."""
+        done when this returns. A task's error is raised here, after the tasks still queued
+        are dropped and the running ones have finished."""
         if self._pool is None:
             return
-        self._work()
-        running, self._running = self._running, []
-        for f in running:
-            f.result()
+        try:
+            self._work()
+            for f in self._running:
+                f.result()
+        except BaseException:
+            self._abandon()
+            raise
+        self._running = []
+
+    def _abandon(self) -> None:
+        """Drop what is queued and wait for what runs: nothing writes into a failed step's
+        arrays afterwards, and the next step starts with an empty queue."""
+        self._tasks.clear()
+        wait(self._running)
+        self._running = []
 
     def split(self, n: int, per_lane: int = 1) -> list[tuple[int, int]]:
         """range(n) as ``per_lane`` near-equal (start, stop) slices per lane; one slice when
@@ -85,10 +97,8 @@ class Lanes:
     def __exit__(self, kind, error, trace) -> None:
         if kind is None:
             self.drain()
-            return
-        self._tasks.clear()                     # the step failed: let nothing write on afterwards
-        wait(self._running)
-        self._running = []
+        else:
+            self._abandon()
 
 
 SERIAL = Lanes(1)

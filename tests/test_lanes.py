@@ -131,3 +131,29 @@ def test_three_layers_in_halves_match_the_serial_step(cell):
     np.testing.assert_allclose(serial[2], on_lanes[2], rtol=1e-12)
     for name, grad in serial[1].items():
         np.testing.assert_allclose(grad, on_lanes[1][name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_an_error_on_the_calling_thread_drops_the_tasks_still_queued():
+    """The calling thread runs a failing task while helping at the end of the block: the
+    tasks queued behind it must not run later, on the worker or in the next block."""
+    lanes, ran = Lanes(2), []
+    started, gate = threading.Event(), threading.Event()
+
+    def hold():
+        started.set()
+        gate.wait(5)
+
+    def fail():
+        raise ValueError("task failed")
+
+    with pytest.raises(ValueError, match="task failed"):
+        with lanes:
+            lanes.submit(hold)                 # the worker is busy: the caller takes the next task
+            assert started.wait(5)
+            lanes.submit(fail)
+            for i in range(3):
+                lanes.submit(ran.append, i)
+            threading.Timer(0.2, gate.set).start()
+    with lanes:
+        lanes.submit(ran.append, 9)
+    assert ran == [9]
