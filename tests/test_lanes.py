@@ -103,10 +103,21 @@ def _train(folder, threads: str):
     return load(str(out))
 
 
-def test_training_on_two_lanes_is_reproducible_and_matches_one(tmp_path):
+def test_training_on_two_lanes_is_reproducible_and_matches_one(tmp_path, monkeypatch):
     head = "\n".join((CORPUS / "train.txt").read_text().splitlines()[:300]) + "\n"
     (tmp_path / "c.txt").write_text(head)
-    one, two = _train(tmp_path, "1"), _train(tmp_path, "2")
+    workers = set()
+    real_work = Lanes._work
+
+    def work(self):
+        workers.add(threading.current_thread().name)
+        real_work(self)
+
+    monkeypatch.setattr(Lanes, "_work", work)
+    one = _train(tmp_path, "1")
+    assert workers == set()                                 # one thread: no lanes at all
+    two = _train(tmp_path, "2")
+    assert any(name.startswith("rnngen-lane") for name in workers)    # --threads 2 used the worker
     again = _train(tmp_path, "2")
     for name, value in two.model.params.items():
         np.testing.assert_array_equal(value, again.model.params[name])          # same --seed, same model
