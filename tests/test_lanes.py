@@ -11,6 +11,7 @@ from rnngen import blas
 from rnngen.checkpoint import load
 from rnngen.cli import cli
 from rnngen.lanes import SERIAL, Lanes
+from rnngen.model import Model
 
 
 def test_one_lane_runs_each_task_at_once_on_the_caller():
@@ -106,18 +107,19 @@ def _train(folder, threads: str):
 def test_training_on_two_lanes_is_reproducible_and_matches_one(tmp_path, monkeypatch):
     head = "\n".join((CORPUS / "train.txt").read_text().splitlines()[:300]) + "\n"
     (tmp_path / "c.txt").write_text(head)
-    workers = set()
-    real_work = Lanes._work
+    counts = []
+    real_step = Model.loss_and_grads
 
-    def work(self):
-        workers.add(threading.current_thread().name)
-        real_work(self)
+    def step(self, inputs, targets, state, masks=None, lanes=SERIAL):
+        counts.append(lanes.count)
+        return real_step(self, inputs, targets, state, masks, lanes)
 
-    monkeypatch.setattr(Lanes, "_work", work)
+    monkeypatch.setattr(Model, "loss_and_grads", step)
     one = _train(tmp_path, "1")
-    assert workers == set()                                 # one thread: no lanes at all
+    assert set(counts) == {1}
+    counts.clear()
     two = _train(tmp_path, "2")
-    assert any(name.startswith("rnngen-lane") for name in workers)    # --threads 2 used the worker
+    assert set(counts) == {2}                               # every step of --threads 2 ran on two lanes
     again = _train(tmp_path, "2")
     for name, value in two.model.params.items():
         np.testing.assert_array_equal(value, again.model.params[name])          # same --seed, same model
@@ -128,7 +130,7 @@ def test_training_on_two_lanes_is_reproducible_and_matches_one(tmp_path, monkeyp
 def test_three_layers_in_halves_match_the_serial_step(cell):
     """The forward pass in halves hands each layer's first half to the worker in turn; with
     three layers that is two hand-overs before the output layer's."""
-    from rnngen.model import Model, ModelConfig
+    from rnngen.model import ModelConfig
 
     model = Model.init(ModelConfig(vocab_size=11, cell=cell, hidden=6, layers=3, dropout=0.2), seed=2,
                        dtype=np.float64)
