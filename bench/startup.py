@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PTB_DIR, ROOT, write_json
+from common import PTB_DIR, RESULTS_DIR, write_json
 
 RNNGEN = [sys.executable, "-m", "rnngen"]
 
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{row['command']:72s} median {row['median']:.2f} s  (min {row['min']:.2f}, "
                   f"max {row['max']:.2f}, {args.runs} runs)", flush=True)
-    out = ROOT / "bench" / "results" / f"startup-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = RESULTS_DIR / f"startup-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
     write_json(out, {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows})
     print(f"startup: results written to {out}")
     return 0
