@@ -6,7 +6,7 @@ RNNGEN := $(VENV)/bin/rnngen
 DEMO   := demo-model.npz
 CORPUS := corpora/agreement
 
-.PHONY: demo test test-slow lint bench bench-quality bench-memory bench-ttp bench-startup clean
+.PHONY: demo test test-slow lint bench bench-paired bench-quality bench-memory bench-ttp bench-startup clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 
 bench: $(VENV)/.bench-installed
 	$(PY) bench/run.py
+	$(PY) bench/paired.py
+
+## bench-paired: the two sides taking turns every 2 s, 20 rounds: the ratios to trust (about 12 min)
+bench-paired: $(VENV)/.bench-installed
+	$(PY) bench/paired.py
 
 ## bench-quality: the published PTB / Shakespeare configurations (hours; one at a time)
 bench-quality: $(VENV)/.installed

@@ -231,6 +231,8 @@ def worker_parser(description: str):
     ap.add_argument("--sample-seconds", type=float, default=4.0, help="repeat sampling calls for this long")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the result here (else printed)")
+    ap.add_argument("--serve", choices=("train", "score", "lines"),
+                    help="run timed blocks of this phase on request instead (bench/paired.py drives it)")
     return ap
 
 
@@ -240,6 +242,22 @@ def load_data(path: str):
 
     with np.load(path) as z:
         return z["train"].astype(np.int32), z["valid"].astype(np.int32), [str(t) for t in z["tokens"]]
+
+
+def serve_training(step, n_chunks_available: int, warmup: int, tokens_per_chunk: int) -> None:
+    """Paired mode, training: one training step per call, on chunk after chunk (after
+    ``warmup`` untimed steps)."""
+    i = 0
+
+    def call() -> int:
+        nonlocal i
+        step(i % n_chunks_available)
+        i += 1
+        return tokens_per_chunk
+
+    for _ in range(warmup):
+        call()
+    serve(call)
 
 
 def timed_training(step, n_chunks_available: int, warmup: int, seconds: float, max_chunks: int,
@@ -326,6 +344,56 @@ def timed_sampling(call, n: int, length: int, seconds: float) -> dict:
             calls += 1
     return {"n": n, "calls": calls, "tokens": tokens, "seconds": total, "tokens_per_s": tokens / total,
             "ms_per_call": 1e3 * total / calls, "cpu": meter.summary()}
+
+
+def serve(call) -> None:
+    """Paired mode (bench/paired.py): for each line ``SECONDS`` read from stdin, repeat
+    ``call()`` (returns the tokens it did) for about that long and answer with one JSON line
+    of what was done; stop at end of input. The process keeps its model, data and threads
+    between blocks, so the two sides take turns every few seconds and drift in the
+    machine's speed hits both."""
+    for line in sys.stdin:
+        seconds, calls, tokens, total = float(line), 0, 0, 0.0
+        with CpuMeter() as meter:
+            while calls == 0 or total < seconds:
+                t0 = time.perf_counter()
+                tokens += call()
+                total += time.perf_counter() - t0
+                calls += 1
+        print(json.dumps({"calls": calls, "tokens": tokens, "seconds": total, "tokens_per_s": tokens / total,
+                          "cpu": meter.summary()}), flush=True)
+
+
+def serve_pieces(work, pieces: list, tokens: list[int]) -> None:
+    """:func:`serve` with ``work(piece)`` on each piece in turn (round and round); ``tokens[i]``
+    is what piece i counts for."""
+    turn = iter(())
+
+    def call() -> int:
+        nonlocal turn
+        i = next(turn, None)
+        if i is None:
+            turn = iter(range(len(pieces)))
+            i = next(turn)
+        work(pieces[i])
+        return tokens[i]
+
+    serve(call)
+
+
+def serve_scoring(stream_logprob, valid_ids, tokens_per_call: int = 2048) -> None:
+    """Paired mode, scoring: ``stream_logprob(ids)`` on consecutive 2,048-token pieces of the
+    valid stream, each from the zero state."""
+    starts = range(0, len(valid_ids) - tokens_per_call + 1, tokens_per_call)
+    serve_pieces(stream_logprob, [valid_ids[a:a + tokens_per_call] for a in starts], [tokens_per_call] * len(starts))
+
+
+def serve_lines(score_lines, lines: list, ids: list, per_call: int = 256) -> None:
+    """Paired mode, lines: ``score_lines(lines[a:b])`` on consecutive groups of 256 valid lines
+    (``ids``: each line's token ids, for the count: its tokens and its end-of-line)."""
+    groups = range(0, len(lines), per_call)
+    serve_pieces(score_lines, [lines[a:a + per_call] for a in groups],
+                 [sum(len(line) + 1 for line in ids[a:a + per_call]) for a in groups])
 
 
 def finish(args, result: dict) -> None:

@@ -16,6 +16,9 @@ from common import (
     current_rss_mb,
     finish,
     load_data,
+    serve_lines,
+    serve_scoring,
+    serve_training,
     set_thread_env,
     timed_line_scoring,
     timed_sampling,
@@ -72,21 +75,28 @@ def main(argv=None) -> dict:
         state = new_state
         return nll
 
-    result["train"] = timed_training(step, n_chunks, args.warmup, args.train_seconds, args.max_chunks,
-                                     args.batch * args.bptt)
-    result["train"]["rss_mb"] = current_rss_mb()
+    if args.serve == "train":
+        return serve_training(step, n_chunks, args.warmup, args.batch * args.bptt)
+    if args.serve is None:
+        result["train"] = timed_training(step, n_chunks, args.warmup, args.train_seconds, args.max_chunks,
+                                         args.batch * args.bptt)
+        result["train"]["rss_mb"] = current_rss_mb()
 
     # --- scoring: the valid set as one stream, batch 1, forward only ---------------------
     blas.use_threads(args.threads, "score", args.hidden, model.cell.gates)      # as `rnngen score` does
-    if args.score_tokens >= 0:
+    if args.serve == "score":
+        return serve_scoring(lambda ids: stream_logprob(model, ids), valid_ids)
+    if args.score_tokens >= 0 and args.serve is None:
         result["score"] = timed_scoring(lambda ids: stream_logprob(model, ids), valid_ids, args.score_tokens,
                                         args.score_seconds)
         result["score"]["chunk"] = "rnngen.score default (256)"
 
     # --- scoring lines: each valid line alone, 64 side by side (what `rnngen score -` does) --
-    if args.score_lines >= 0:
+    if args.score_lines >= 0 or args.serve == "lines":
         lines = valid_lines(valid_ids)[:args.score_lines or None]
         texts = [" ".join(tokens[i] for i in line) for line in lines]        # what `score -` reads
+        if args.serve == "lines":
+            return serve_lines(lambda part: score_lines(model, vocab, part), texts, lines)
         result["score_lines"] = timed_line_scoring(
             lambda part: sum(r.logprob for r in score_lines(model, vocab, part)), texts,
             sum(len(line) + 1 for line in lines))

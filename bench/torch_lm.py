@@ -17,6 +17,9 @@ from common import (
     current_rss_mb,
     finish,
     load_data,
+    serve_lines,
+    serve_scoring,
+    serve_training,
     set_thread_env,
     timed_line_scoring,
     timed_sampling,
@@ -102,9 +105,12 @@ def main(argv=None) -> dict:
             raise SystemExit(f"training diverged at chunk {i}")
         return nll
 
-    result["train"] = timed_training(step, n_chunks, args.warmup, args.train_seconds, args.max_chunks,
-                                     args.batch * args.bptt)
-    result["train"]["rss_mb"] = current_rss_mb()
+    if args.serve == "train":
+        return serve_training(step, n_chunks, args.warmup, args.batch * args.bptt)
+    if args.serve is None:
+        result["train"] = timed_training(step, n_chunks, args.warmup, args.train_seconds, args.max_chunks,
+                                         args.batch * args.bptt)
+        result["train"]["rss_mb"] = current_rss_mb()
 
     # --- scoring: the valid set as one stream, batch 1, chunks of score_chunk, no grad ----
     def stream_logprob(ids) -> tuple[float, int]:
@@ -120,7 +126,10 @@ def main(argv=None) -> dict:
                 total += logp.gather(1, y[:, None]).sum().item()
         return total, len(ids)
 
-    if args.score_tokens >= 0:
+    if args.serve == "score":
+        model.eval()
+        return serve_scoring(stream_logprob, valid_ids)
+    if args.score_tokens >= 0 and args.serve is None:
         model.eval()
         result["score"] = timed_scoring(stream_logprob, valid_ids, args.score_tokens, args.score_seconds)
         result["score"]["chunk"] = args.score_chunk
@@ -146,9 +155,11 @@ def main(argv=None) -> dict:
                 total += logp[mask].sum().item()
         return total
 
-    if args.score_lines >= 0:
+    if args.score_lines >= 0 or args.serve == "lines":
         model.eval()
         lines = valid_lines(valid_ids)[:args.score_lines or None]
+        if args.serve == "lines":
+            return serve_lines(lines_logprob, lines, lines)
         result["score_lines"] = timed_line_scoring(lines_logprob, lines, sum(len(line) + 1 for line in lines))
 
     # --- sampling: a batched multinomial loop on a freshly initialised model -------------
