@@ -348,19 +348,19 @@ def timed_sampling(call, n: int, length: int, seconds: float) -> dict:
 
 def serve(call) -> None:
     """Paired mode (bench/paired.py): for each line ``SECONDS`` read from stdin, repeat
-    ``call()`` (returns the tokens it did) for about that long and answer with one JSON line
-    of what was done; stop at end of input. The process keeps its model, data and threads
-    between blocks, so the two sides take turns every few seconds and drift in the
-    machine's speed hits both."""
+    ``call()`` (returns the work it did: tokens, or FLOPs for peak.py) for about that long
+    and answer with one JSON line of what was done; stop at end of input. The process keeps
+    its model, data and threads between blocks, so the sides take turns every few seconds
+    and drift in the machine's speed hits all of them."""
     for line in sys.stdin:
-        seconds, calls, tokens, total = float(line), 0, 0, 0.0
+        seconds, calls, done, total = float(line), 0, 0.0, 0.0
         with CpuMeter() as meter:
             while calls == 0 or total < seconds:
                 t0 = time.perf_counter()
-                tokens += call()
+                done += call()
                 total += time.perf_counter() - t0
                 calls += 1
-        print(json.dumps({"calls": calls, "tokens": tokens, "seconds": total, "tokens_per_s": tokens / total,
+        print(json.dumps({"calls": calls, "done": done, "seconds": total, "rate": done / total,
                           "cpu": meter.summary()}), flush=True)
 
 

@@ -9,8 +9,11 @@ same GEMM read 83 and 125 GFLOP/s per core ten minutes apart), so its ratios mov
 from run to run. Here both sides start once (bench/rnngen_lm.py and bench/torch_lm.py with
 --serve), load the same PTB ids and build the same model, and then take turns: a block of
 --block-seconds of training (or scoring) steps on one side, then on the other, in the
-order AB BA AB ... Each round gives one ratio rnngen / PyTorch from two blocks a few
-seconds apart; the table gives the median ratio over the rounds and its spread.
+order AB BA AB ... Between the two blocks of a round, bench/peak.py (also started once, one
+process per library) times the 2048 square float32 product with NumPy and with torch for 1 s
+each: the round's peak. Each round gives one ratio rnngen / PyTorch and each side's share
+of the peak, from blocks a few seconds apart; the table gives their medians over the rounds
+and the spread of the ratio.
 
 Results go to bench/results/paired-<UTC time>.json.
 """
@@ -38,18 +41,28 @@ from common import (
 from run import CONFIGS, VOCAB_SIZE, prepare
 
 SIDES = ("rnngen", "torch")
+PEAK_LIBS = ("numpy", "torch")
 
 
-def start(side: str, cfg: dict, phase: str, threads: int, data: Path) -> subprocess.Popen:
-    cmd = [sys.executable, str(BENCH_DIR / f"{side}_lm.py"), "--data", str(data), "--cell", cfg["cell"],
-           "--hidden", str(cfg["hidden"]), "--layers", str(cfg["layers"]), "--embed", str(cfg["embed"]),
-           "--lr", str(cfg["lr"]), "--threads", str(threads), "--serve", phase]
-    return subprocess.Popen(cmd, env=thread_env(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, bufsize=1)
+def start(cmd: list[str], threads: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *cmd], env=thread_env(threads), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, bufsize=1)
+
+
+def start_side(side: str, cfg: dict, phase: str, threads: int, data: Path) -> subprocess.Popen:
+    return start([str(BENCH_DIR / f"{side}_lm.py"), "--data", str(data), "--cell", cfg["cell"],
+                  "--hidden", str(cfg["hidden"]), "--layers", str(cfg["layers"]), "--embed", str(cfg["embed"]),
+                  "--lr", str(cfg["lr"]), "--threads", str(threads), "--serve", phase], threads)
+
+
+def start_peak(lib: str, threads: int) -> subprocess.Popen:
+    """bench/peak.py timing the 2048 square float32 product with ``lib`` on request."""
+    return start([str(BENCH_DIR / "peak.py"), "--lib", lib, "--threads", str(threads), "--serve"], threads)
 
 
 def block(proc: subprocess.Popen, seconds: float) -> dict:
     """One timed block on a worker: what it did, as it reports it."""
+    time.sleep(0.2)                                             # the previous worker's pools go idle
     proc.stdin.write(f"{seconds}\n")
     line = proc.stdout.readline()
     if not line:
@@ -57,66 +70,63 @@ def block(proc: subprocess.Popen, seconds: float) -> dict:
     return json.loads(line)
 
 
+def stop(procs) -> None:
+    for proc in procs:
+        proc.stdin.close()
+        proc.wait()
+
+
 def quartiles(values: list[float]) -> tuple[float, float]:
     q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
     return q[0], q[2]
 
 
-def run_pair(name: str, phase: str, threads: int, rounds: int, seconds: float, data: Path,
-             peak: float | None) -> dict:
+def spread(values: list[float]) -> dict:
+    q1, q3 = quartiles(values)
+    return {"median": statistics.median(values), "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
+
+
+def run_pair(name: str, phase: str, threads: int, rounds: int, seconds: float, data: Path, peaks: dict) -> dict:
+    """``rounds`` rounds of: one side's block, the square product on each library (1 s each),
+    the other side's block; the sides' order alternates. Per round: the ratio of the two
+    sides, and each side's GFLOP/s as a share of the round's peak (the faster library)."""
     cfg = CONFIGS[name]
-    procs = {side: start(side, cfg, phase, threads, data) for side in SIDES}
+    procs = {side: start_side(side, cfg, phase, threads, data) for side in SIDES}
     try:
         for side in SIDES:                                      # warm-up: compile, caches, pools
             block(procs[side], 1.0)
         blocks = {side: [] for side in SIDES}
+        peak = []
         for r in range(rounds):
-            for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
-                time.sleep(0.2)                                 # the other side's pools go idle
-                blocks[side].append(block(procs[side], seconds))
+            first, second = SIDES if r % 2 == 0 else SIDES[::-1]
+            blocks[first].append(block(procs[first], seconds))
+            peak.append(max(block(peaks[lib], 1.0)["rate"] for lib in PEAK_LIBS) / 1e9)
+            blocks[second].append(block(procs[second], seconds))
     finally:
-        for proc in procs.values():
-            proc.stdin.close()
-            proc.wait()
-    rates = {side: [b["tokens_per_s"] for b in blocks[side]] for side in SIDES}
-    ratios = [a / b for a, b in zip(rates["rnngen"], rates["torch"])]
+        stop(procs.values())
+    rates = {side: [b["rate"] for b in blocks[side]] for side in SIDES}
     flops = (train_flops_per_token if phase == "train" else forward_flops_per_token)(
         cfg["cell"], cfg["hidden"], cfg["layers"], cfg["embed"], VOCAB_SIZE)
-    q1, q3 = quartiles(ratios)
     return {"config": name, "label": cfg["label"], "phase": phase, "threads": threads, "rounds": rounds,
-            "block_seconds": seconds, "ratios": ratios, "ratio_median": statistics.median(ratios),
-            "ratio_q1": q1, "ratio_q3": q3, "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "rates": rates, "median_tokens_per_s": {s: statistics.median(v) for s, v in rates.items()},
-            "best_tokens_per_s": {s: max(v) for s, v in rates.items()},
-            "median_gflops": {s: statistics.median(v) * flops / 1e9 for s, v in rates.items()},
-            "peak_gflops": peak, "others_cores_max": max(b["cpu"]["others_cores"] for side in SIDES
-                                                        for b in blocks[side])}
-
-
-def measure_peak(threads: int) -> float | None:
-    """The square float32 GEMM of bench/peak.py with NumPy, in its own process."""
-    out = RESULTS_DIR / f"paired-peak-{threads}.json"
-    proc = subprocess.run([sys.executable, str(BENCH_DIR / "peak.py"), "--threads", str(threads), "--repeats", "3",
-                           "--min-seconds", "0.1", "--json", str(out)], env=thread_env(threads),
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        return None
-    rows = json.loads(out.read_text())["rows"]
-    out.unlink()
-    return rows[0]["gflops"]
+            "block_seconds": seconds, "tokens_per_s": rates, "peak_gflops": peak,
+            "ratio": spread([a / b for a, b in zip(rates["rnngen"], rates["torch"])]),
+            "median_tokens_per_s": {side: statistics.median(v) for side, v in rates.items()},
+            "share_of_peak": {side: spread([rate * flops / 1e9 / p for rate, p in zip(v, peak)])
+                              for side, v in rates.items()},
+            "others_cores_max": max(b["cpu"]["others_cores"] for side in SIDES for b in blocks[side])}
 
 
 def report(results: list[dict]) -> None:
     print(f"\n  {'config':28s} {'phase':6s} {'thr':>3s} {'rounds':>6s}  {'rnngen tok/s':>12s} {'torch tok/s':>12s}"
-          f"  {'ratio median':>12s} {'(quartiles)':>13s} {'min..max':>11s}  {'rnngen % of peak':>16s}")
+          f"  {'ratio median':>12s} {'(quartiles)':>13s} {'min..max':>11s}  {'% of peak: rnngen':>17s} {'torch':>5s}")
     for r in results:
-        pct = (f"{100 * r['median_gflops']['rnngen'] / r['peak_gflops']:.0f}% of {r['peak_gflops']:.0f}"
-               if r["peak_gflops"] else "-")
-        spread = f"({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})"
-        extremes = f"{r['ratio_min']:.2f}..{r['ratio_max']:.2f}"
+        ratio, share = r["ratio"], r["share_of_peak"]
+        quarts = f"({ratio['q1']:.2f}-{ratio['q3']:.2f})"
+        extremes = f"{ratio['min']:.2f}..{ratio['max']:.2f}"
         print(f"  {r['label']:28s} {r['phase']:6s} {r['threads']:3d} {r['rounds']:6d}  "
               f"{r['median_tokens_per_s']['rnngen']:12,.0f} {r['median_tokens_per_s']['torch']:12,.0f}  "
-              f"{r['ratio_median']:11.2f}x {spread:>13s} {extremes:>11s}  {pct:>16s}")
+              f"{ratio['median']:11.2f}x {quarts:>13s} {extremes:>11s}  "
+              f"{100 * share['rnngen']['median']:16.0f}% {100 * share['torch']['median']:4.0f}%")
 
 
 def main(argv=None) -> int:
@@ -150,29 +160,26 @@ def main(argv=None) -> int:
     prepare(train_path, valid_path, data)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"bench: {started}, load average {' '.join(f'{x:.2f}' for x in loadavg())}", flush=True)
-    peak_before = measure_peak(args.threads)
+    peaks = {lib: start_peak(lib, args.threads) for lib in PEAK_LIBS}
     results = []
     try:
+        for lib in PEAK_LIBS:
+            block(peaks[lib], 1.0)                                  # warm-up
         for name in args.configs:
             for phase in args.phase:
                 print(f"bench: {name} {phase}, {args.rounds} rounds of {args.block_seconds:g} s each side ...",
                       flush=True)
-                results.append(run_pair(name, phase, args.threads, args.rounds, args.block_seconds, data,
-                                        peak_before))     # the % of peak printed here: against the peak before
+                results.append(run_pair(name, phase, args.threads, args.rounds, args.block_seconds, data, peaks))
                 report(results[-1:])
     finally:
+        stop(peaks.values())
         data.unlink()
-    peak_after = measure_peak(args.threads)
-    peak = max(peak_before or 0, peak_after or 0) or None
-    for r in results:
-        r["peak_gflops"] = peak
-    print(f"\nbench: square float32 GEMM peak, {args.threads} thread(s): {peak_before or 0:.0f} GFLOP/s before, "
-          f"{peak_after or 0:.0f} after; % of peak uses the higher")
+    print(f"\nbench: {args.threads} thread(s); % of peak: the median over the rounds of each side's GFLOP/s over the"
+          " round's square-product peak (the faster of NumPy and torch)")
     report(results)
     out = RESULTS_DIR / f"paired-{stamp}.json"
     write_json(out, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "started": started,
-                     "peak_before": peak_before, "peak_after": peak_after, "loadavg_end": loadavg(),
-                     "pairs": results})
+                     "loadavg_end": loadavg(), "pairs": results})
     print(f"bench: results written to {out}")
     return 0
 

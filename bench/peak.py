@@ -4,6 +4,7 @@ and the shapes the language models actually multiply.
     python bench/peak.py --threads 2                  # NumPy (its OpenBLAS)
     python bench/peak.py --threads 2 --lib torch      # PyTorch (MKL), in its own process
     python bench/peak.py --threads 1 --json out.json
+    python bench/peak.py --threads 2 --serve          # blocks of the square product on request (paired.py)
 
 Each product is timed ``--repeats`` times after one warm-up call; the best time counts
 (the least disturbed by other processes). GFLOP/s = 2 m k n / time.
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import blas_pools, set_thread_env, write_json
+from common import blas_pools, serve, set_thread_env, write_json
 
 
 def model_shapes(batch: int, bptt: int, hidden: int, vocab: int, score_chunk: int) -> list[tuple[str, int, int, int]]:
@@ -81,6 +82,21 @@ def measure(shapes, repeats: int, min_seconds: float, lib: str) -> list[dict]:
     return rows
 
 
+def square_product(lib: str, size: int = 2048):
+    """A function doing one float32 size x size x size product with ``lib``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    c = np.empty((size, size), dtype=np.float32)
+    if lib == "torch":
+        import torch
+
+        ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+        return lambda: torch.mm(ta, tb, out=tc)
+    return lambda: np.matmul(a, b, out=c)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -94,6 +110,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--vocab", type=int, default=10000)
     ap.add_argument("--score-chunk", type=int, default=256)
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--serve", action="store_true",
+                    help="time blocks of the 2048 square product on request (bench/paired.py drives it)")
     args = ap.parse_args(argv)
 
     set_thread_env(args.threads)
@@ -101,6 +119,11 @@ def main(argv=None) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.serve:
+        product = square_product(args.lib)
+        product()
+        serve(lambda: (product(), 2.0 * 2048 ** 3)[1])
+        return {}
     shapes = model_shapes(args.batch, args.bptt, args.hidden, args.vocab, args.score_chunk)
     rows = measure(shapes, args.repeats, args.min_seconds, args.lib)
     result = {"lib": args.lib, "threads": args.threads, "rows": rows, "blas": blas_pools()}
