@@ -1,0 +1,68 @@
+"""The benchmark's paired mode: a worker started with --serve answers each request with one
+JSON line of what it did, keeps going until its input ends, and exits cleanly. PyTorch is
+not needed: the rnngen worker and peak.py's NumPy side speak the same protocol."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import CORPUS, ROOT
+
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def bench_data(tmp_path_factory):
+    from run import prepare
+
+    out = tmp_path_factory.mktemp("bench") / "ids.npz"
+    info = prepare(CORPUS / "train.txt", CORPUS / "valid.txt", out)
+    assert info["train_tokens"] > 0 and info["valid_tokens"] > 0
+    return out
+
+
+def serve(cmd, blocks):
+    """Start a --serve worker, ask for each block of seconds in turn, then end its input."""
+    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, *map(str, cmd)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=BENCH)
+    answers = []
+    for seconds in blocks:
+        proc.stdin.write(f"{seconds}\n")
+        proc.stdin.flush()
+        answers.append(json.loads(proc.stdout.readline()))
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    assert proc.stdout.read() == ""                  # nothing but the answers on stdout
+    return answers
+
+
+@pytest.mark.parametrize("phase, per_call", [("train", 20 * 35), ("score", 2048), ("lines", None)])
+def test_an_rnngen_worker_serves_timed_blocks(bench_data, phase, per_call):
+    answers = serve([BENCH / "rnngen_lm.py", "--data", bench_data, "--hidden", "16", "--embed", "8",
+                     "--threads", "1", "--serve", phase], [0.3, 0.0])
+    long, short = answers
+    assert long["seconds"] >= 0.3 and long["calls"] >= 1
+    assert short["calls"] == 1                               # a block does at least one call
+    for a in answers:
+        assert a["rate"] == pytest.approx(a["done"] / a["seconds"])
+        if per_call:
+            assert a["done"] == a["calls"] * per_call         # tokens: one chunk or piece per call
+        assert set(a["cpu"]) >= {"wall_s", "cpu_s", "others_cores"}
+
+
+def test_peak_serves_blocks_of_the_square_product():
+    (answer,) = serve([BENCH / "peak.py", "--threads", "1", "--lib", "numpy", "--serve"], [0.2])
+    assert answer["done"] == answer["calls"] * 2.0 * 2048 ** 3
+    assert answer["rate"] > 1e9                              # more than 1 GFLOP/s on any machine
+
+
+def test_paired_spread_gives_median_quartiles_and_extremes():
+    from paired import spread
+
+    s = spread([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert s["median"] == 3.0 and s["min"] == 1.0 and s["max"] == 10.0
+    assert s["q1"] == 1.5 and s["q3"] == 7.0
+    assert spread([1.25]) == {"median": 1.25, "q1": 1.25, "q3": 1.25, "min": 1.25, "max": 1.25}
