@@ -10,7 +10,7 @@ So :class:`Lanes` splits the work itself: the caller's thread runs the critical 
 side tasks (weight gradients nobody waits for until the step ends, its share of the output
 layer, the first half of the chunk through each layer above while the caller's thread runs
 the second half through the layer below), each calling BLAS on one thread. Scoring runs the
-layers of one chunk beside the output layer of the one before. The kernels release the GIL,
+layers chunk after chunk, up to two chunks ahead of the output layer. The kernels release the GIL,
 and so does NumPy inside BLAS and large ufuncs, so the two run at once.
 """
 
@@ -70,6 +70,20 @@ class Lanes:
             self._abandon()
             raise
         self._running = []
+
+    def catch_up(self, keep: int) -> None:
+        """Run queued tasks on the calling thread until at most ``keep`` are left queued: a
+        caller that makes tasks faster than the lanes finish them stays a bounded distance
+        ahead, and does its share of them. A task's error is raised here (the block's
+        exit then drops the rest)."""
+        if self._pool is None:
+            return
+        while len(self._tasks) > keep:
+            try:
+                fn, args = self._tasks.popleft()
+            except IndexError:
+                return
+            fn(*args)
 
     def _abandon(self) -> None:
         """Drop what is queued and wait for what runs: nothing writes into a failed step's

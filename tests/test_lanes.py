@@ -1,6 +1,7 @@
 """Lanes: side tasks on a worker thread, and a training step spread over two of them."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -170,3 +171,32 @@ def test_an_error_on_the_calling_thread_drops_the_tasks_still_queued():
     with lanes:
         lanes.submit(ran.append, 9)
     assert ran == [9]
+
+
+def test_catch_up_runs_queued_tasks_here_until_at_most_keep_are_left():
+    lanes, gate, ran = Lanes(2), threading.Event(), []
+    with lanes:
+        lanes.submit(gate.wait, 5)               # holds the worker: the rest stays queued
+        time.sleep(0.05)
+        for i in range(6):
+            lanes.submit(lambda i=i: ran.append((i, threading.current_thread() is threading.main_thread())))
+        lanes.catch_up(keep=2)
+        assert ran == [(0, True), (1, True), (2, True), (3, True)]   # oldest first, on this thread
+        gate.set()
+    assert sorted(i for i, _ in ran) == list(range(6))
+    SERIAL.catch_up(keep=0)                      # one lane: tasks already ran at submit
+
+
+def test_an_error_in_catch_up_is_raised_there_and_the_block_drops_the_rest():
+    lanes, gate, ran = Lanes(2), threading.Event(), []
+    with pytest.raises(ZeroDivisionError):
+        with lanes:
+            lanes.submit(gate.wait, 5)
+            time.sleep(0.05)
+            lanes.submit(lambda: 1 / 0)
+            lanes.submit(ran.append, 1)
+            try:
+                lanes.catch_up(keep=0)
+            finally:
+                gate.set()
+    assert ran == []

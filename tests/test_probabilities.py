@@ -121,11 +121,41 @@ def test_scoring_on_two_lanes_equals_one_chunk_after_another(monkeypatch, batch)
     try:
         blas.set_threads(1)                                 # one BLAS thread: one chunk after another
         plain, plain_state = chunked_logprobs(model, inputs, targets, chunk=7)
-        assert pieces == []
+        assert len(pieces) == 7 + 1                         # one piece per chunk: 7 chunks of 7 steps, then 1
+        pieces.clear()
         blas.set_threads(2)
         on_lanes, lanes_state = chunked_logprobs(model, inputs, targets, chunk=7)
-        assert len(pieces) == 2 * 7 + 1                     # 7 chunks of 7 steps over 2 lanes, then 1 step
+        assert len(pieces) == 2 * 7 + 1                     # each chunk in 2 pieces for 2 lanes, the last step in 1
         assert blas.thread_count() == 2
     finally:
         blas.set_threads(before)
     assert np.array_equal(plain, on_lanes) and np.array_equal(plain_state, lanes_state)
+
+
+def test_lines_scored_on_two_lanes_equal_one_batch_after_another(monkeypatch):
+    """On lanes the layers of later batches of lines run ahead of the output layer of earlier
+    ones: the scores are still exactly those of one batch after another, in input order."""
+    import rnngen.score
+    from rnngen import blas, jit
+
+    monkeypatch.setattr(jit, "SMALL_JOB", 0)                # compiled kernels: they release the GIL
+    monkeypatch.setattr(rnngen.score, "MAX_ROWS", 128)      # 64 lines: 2 time steps per chunk
+    vocab = Vocab.build(["a b c d e f"])
+    model = Model.init(ModelConfig(vocab_size=len(vocab), cell="gru", hidden=8, layers=2), seed=0)
+    rng = np.random.default_rng(2)
+    lines = [" ".join(rng.choice(list("abcdef"), rng.integers(0, 12))) for _ in range(300)]   # 5 batches
+    pieces = []
+    real_write = rnngen.score._write_logprobs
+    monkeypatch.setattr(rnngen.score, "_write_logprobs", lambda *args: (pieces.append(1), real_write(*args)))
+    before = blas.thread_count()
+    try:
+        blas.set_threads(1)
+        serial = score_lines(model, vocab, lines)
+        one_lane = len(pieces)
+        blas.set_threads(2)
+        on_lanes = score_lines(model, vocab, lines)
+    finally:
+        blas.set_threads(before)
+    assert len(pieces) - one_lane > one_lane                 # chunks were split over the two lanes
+    assert [r.text for r in on_lanes] == lines
+    assert [r.logprob for r in on_lanes] == [r.logprob for r in serial]
