@@ -260,6 +260,21 @@ def serve_training(step, n_chunks_available: int, warmup: int, tokens_per_chunk:
     serve(call)
 
 
+def training_phase(args, step, n_chunks_available: int, result: dict) -> bool:
+    """A worker's training phase: served block by block with ``--serve train`` (returns True:
+    the worker is done), else timed once into ``result["train"]``; skipped for the other
+    ``--serve`` phases."""
+    tokens_per_chunk = args.batch * args.bptt
+    if args.serve == "train":
+        serve_training(step, n_chunks_available, args.warmup, tokens_per_chunk)
+        return True
+    if args.serve is None:
+        result["train"] = timed_training(step, n_chunks_available, args.warmup, args.train_seconds,
+                                         args.max_chunks, tokens_per_chunk)
+        result["train"]["rss_mb"] = current_rss_mb()
+    return False
+
+
 def timed_training(step, n_chunks_available: int, warmup: int, seconds: float, max_chunks: int,
                    tokens_per_chunk: int) -> dict:
     """Run ``step(i)`` (one optimiser step on chunk i; returns the chunk's summed NLL) for

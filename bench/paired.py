@@ -38,7 +38,7 @@ from common import (
     train_flops_per_token,
     write_json,
 )
-from run import CONFIGS, VOCAB_SIZE, prepare
+from run import CONFIGS, VOCAB_SIZE, missing_requirement, prepare
 
 SIDES = ("rnngen", "torch")
 PEAK_LIBS = ("numpy", "torch")
@@ -144,15 +144,11 @@ def main(argv=None) -> int:
     if args.report:
         report(json.loads(args.report.read_text())["pairs"])
         return 0
+    missing = missing_requirement(args.ptb)
+    if missing:
+        print(f"bench: skipped: {missing}")
+        return 0
     train_path, valid_path = args.ptb / "train.txt", args.ptb / "valid.txt"
-    if not train_path.exists() or not valid_path.exists():
-        print(f"bench: skipped: Penn Treebank not found ({train_path} and {valid_path} are needed)")
-        return 0
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("bench: skipped: PyTorch is not installed (pip install -e '.[bench]')")
-        return 0
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

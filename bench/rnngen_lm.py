@@ -18,12 +18,11 @@ from common import (
     load_data,
     serve_lines,
     serve_scoring,
-    serve_training,
     set_thread_env,
     timed_line_scoring,
     timed_sampling,
     timed_scoring,
-    timed_training,
+    training_phase,
     valid_lines,
     worker_parser,
 )
@@ -75,12 +74,8 @@ def main(argv=None) -> dict:
         state = new_state
         return nll
 
-    if args.serve == "train":
-        return serve_training(step, n_chunks, args.warmup, args.batch * args.bptt)
-    if args.serve is None:
-        result["train"] = timed_training(step, n_chunks, args.warmup, args.train_seconds, args.max_chunks,
-                                         args.batch * args.bptt)
-        result["train"]["rss_mb"] = current_rss_mb()
+    if training_phase(args, step, n_chunks, result):
+        return None
 
     # --- scoring: the valid set as one stream, batch 1, forward only ---------------------
     blas.use_threads(args.threads, "score", args.hidden, model.cell.gates)      # as `rnngen score` does

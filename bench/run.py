@@ -52,6 +52,18 @@ def log(msg: str = "") -> None:
     print(msg, flush=True)
 
 
+def missing_requirement(ptb: Path) -> str | None:
+    """Why the side-by-side benchmark cannot run here (no PTB, no torch), or None."""
+    train_path, valid_path = ptb / "train.txt", ptb / "valid.txt"
+    if not train_path.exists() or not valid_path.exists():
+        return f"Penn Treebank not found ({train_path} and {valid_path} are needed)"
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "PyTorch is not installed (pip install -e '.[bench]')"
+    return None
+
+
 def prepare(train_path: Path, valid_path: Path, out: Path) -> dict:
     """Vocabulary and id streams with rnngen (the same ids feed both sides), and the
     tokenising speed of Vocab.build / Vocab.encode_stream on the training text."""
@@ -284,15 +296,11 @@ def main(argv=None) -> int:
         report(json.loads(args.report.read_text()))
         return 0
 
+    missing = missing_requirement(args.ptb)
+    if missing:
+        log(f"bench: skipped: {missing}")
+        return 0
     train_path, valid_path = args.ptb / "train.txt", args.ptb / "valid.txt"
-    if not train_path.exists() or not valid_path.exists():
-        log(f"bench: skipped: Penn Treebank not found ({train_path} and {valid_path} are needed)")
-        return 0
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        log("bench: skipped: PyTorch is not installed (pip install -e '.[bench]')")
-        return 0
     from rnngen.cells import CELLS
 
     configs = []
