@@ -57,6 +57,7 @@ def _chunk_steps(B: int, chunk: int) -> int:
 
 
 def _chunks(T: int, B: int, chunk: int = CHUNK) -> int:
+    """Forward calls for T time steps of B streams."""
     return -(-T // _chunk_steps(B, chunk))
 
 
