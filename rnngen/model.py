@@ -205,7 +205,7 @@ class Model:
         """The forward pass and the output layer of a training step on two lanes, the chunk's
         time steps in two halves: the worker runs layer l+1 on the first half while this
         thread runs layer l on the second, then the output layer of the first half while this
-        thread finishes the top layer and does most of the output layer of the second half. Returns
+        thread finishes the top layer and does the output layer of the second half. Returns
         (caches, final state, what output.loss_grad_rows' result returns)."""
         T, B = inputs.shape
         L, half = self.config.layers, T // 2
@@ -229,16 +229,7 @@ class Model:
             lanes.drain()
         lanes.submit(rows, 0, half * B)
         layer(L - 1, half, T)
-        # The worker started on its half a layer-half earlier than this thread starts on its own:
-        # the last quarter of this half goes in two queued pieces that whichever lane is free
-        # takes (2x200 LSTM steps 1.02-1.05x as fast, in-process A/B; a third piece: no gain).
-        mine = half * B + (T * B - half * B) * 3 // 4
-        tail = (mine + T * B) // 2
-        for a, b in ((mine, tail), (tail, T * B)):
-            if b > a:
-                lanes.submit(rows, a, b)
-        if mine > half * B:
-            rows(half * B, mine)
+        rows(half * B, T * B)
         lanes.drain()                                            # dL/dtop complete: backward may start
         caches, new_state = [], np.empty_like(state)
         for k in range(L):
