@@ -55,46 +55,49 @@ def _time_best(fn, repeats: int, min_seconds: float) -> tuple[float, float]:
     return best_wall, best_cpu
 
 
-def measure(shapes, repeats: int, min_seconds: float, lib: str) -> list[dict]:
-    """GFLOP/s of ``lib`` ("numpy" or "torch") for each (label, m, k, n)."""
+def product(lib: str, m: int, k: int, n: int, rng):
+    """A function doing one float32 (m x k) @ (k x n) product with ``lib`` ("numpy" or
+    "torch") on random matrices made once."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    rows = []
-    for label, m, k, n in shapes:
-        a = rng.standard_normal((m, k), dtype=np.float32)
-        b = rng.standard_normal((k, n), dtype=np.float32)
-        c = np.empty((m, n), dtype=np.float32)
-        if lib == "torch":
-            import torch
-
-            ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
-
-            def fn(ta=ta, tb=tb, tc=tc):
-                torch.mm(ta, tb, out=tc)
-        else:
-            def fn(a=a, b=b, c=c):
-                np.matmul(a, b, out=c)
-        wall, cpu = _time_best(fn, repeats, min_seconds)
-        flops = 2.0 * m * k * n
-        rows.append({"label": label, "m": m, "k": k, "n": n, "gflops": flops / wall / 1e9,
-                     "gflops_per_cpu_s": flops / max(cpu, 1e-9) / 1e9})
-    return rows
-
-
-def square_product(lib: str, size: int = 2048):
-    """A function doing one float32 size x size x size product with ``lib``."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
-    c = np.empty((size, size), dtype=np.float32)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    c = np.empty((m, n), dtype=np.float32)
     if lib == "torch":
         import torch
 
         ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
         return lambda: torch.mm(ta, tb, out=tc)
     return lambda: np.matmul(a, b, out=c)
+
+
+def measure(shapes, repeats: int, min_seconds: float, lib: str) -> list[dict]:
+    """GFLOP/s of ``lib`` for each (label, m, k, n)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, m, k, n in shapes:
+        wall, cpu = _time_best(product(lib, m, k, n, rng), repeats, min_seconds)
+        flops = 2.0 * m * k * n
+        rows.append({"label": label, "m": m, "k": k, "n": n, "gflops": flops / wall / 1e9,
+                     "gflops_per_cpu_s": flops / max(cpu, 1e-9) / 1e9})
+    return rows
+
+
+def serve_square(lib: str, size: int = 2048) -> None:
+    """Paired mode: blocks of the square product on request (see common.serve); the work
+    counted is FLOPs."""
+    import numpy as np
+
+    square = product(lib, size, size, size, np.random.default_rng(0))
+    square()
+
+    def call() -> float:
+        square()
+        return 2.0 * size ** 3
+
+    serve(call)
 
 
 def main(argv=None) -> dict:
@@ -120,9 +123,7 @@ def main(argv=None) -> dict:
 
         torch.set_num_threads(args.threads)
     if args.serve:
-        product = square_product(args.lib)
-        product()
-        serve(lambda: (product(), 2.0 * 2048 ** 3)[1])
+        serve_square(args.lib)
         return {}
     shapes = model_shapes(args.batch, args.bptt, args.hidden, args.vocab, args.score_chunk)
     rows = measure(shapes, args.repeats, args.min_seconds, args.lib)

@@ -10,8 +10,8 @@ So :class:`Lanes` splits the work itself: the caller's thread runs the critical 
 side tasks (weight gradients nobody waits for until the step ends, its share of the output
 layer, the first half of the chunk through each layer above while the caller's thread runs
 the second half through the layer below), each calling BLAS on one thread. Scoring runs the
-layers chunk after chunk, up to two chunks ahead of the output layer. The kernels release the GIL,
-and so does NumPy inside BLAS and large ufuncs, so the two run at once.
+layers chunk after chunk, up to two chunks ahead of the output layer. The kernels release
+the GIL, and so does NumPy inside BLAS and large ufuncs, so the two run at once.
 """
 
 from __future__ import annotations
