@@ -48,11 +48,12 @@ class Lanes:
         if len(self._running) < self.count - 1:
             self._running.append(self._pool.submit(self._work))
 
-    def _work(self) -> None:
-        while True:
+    def _work(self, keep: int = 0) -> None:
+        """Run queued tasks on this thread, oldest first, until at most ``keep`` are queued."""
+        while len(self._tasks) > keep:
             try:
                 fn, args = self._tasks.popleft()
-            except IndexError:
+            except IndexError:                  # another lane took the last one
                 return
             fn(*args)
 
@@ -76,14 +77,8 @@ class Lanes:
         caller that makes tasks faster than the lanes finish them stays a bounded distance
         ahead, and does its share of them. A task's error is raised here (the block's
         exit then drops the rest)."""
-        if self._pool is None:
-            return
-        while len(self._tasks) > keep:
-            try:
-                fn, args = self._tasks.popleft()
-            except IndexError:
-                return
-            fn(*args)
+        if self._pool is not None:
+            self._work(keep)
 
     def _abandon(self) -> None:
         """Drop what is queued and wait for what runs: nothing writes into a failed step's
