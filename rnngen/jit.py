@@ -9,7 +9,7 @@ Even from the cache that costs ~0.7 s per process on our 2-core machine (importi
 0.25 s, its first dispatch 0.45 s), which is most of the run when the job is a few tokens.
 So inside :func:`interpreted_if_small`, a small job runs the same kernel functions as
 Python instead and Numba is never imported: a warm ``rnngen score "a b c"`` took 0.85 s
-and takes 0.23-0.37 s (``make bench-startup`` and A/B runs). Training, sampling and files
+and takes 0.21-0.37 s (``make bench-startup`` and A/B runs). Training, sampling and files
 always compile.
 """
 

@@ -161,7 +161,10 @@ class FullSoftmax:
             for a, b in lanes.split(V, per_lane=4):
                 lanes.submit(np.matmul, h1.T, dlogits[:, a:b], d_stacked[:, a:b])  # [dV; dc] = [h, 1]^T do
             grads = {"out.b": d_stacked[-1]}
-            grads["embed" if self.tied else "out.W"] = d_stacked[:-1].T if self.tied else d_stacked[:-1]
+            if self.tied:
+                grads["embed"] = d_stacked[:-1].T
+            else:
+                grads["out.W"] = d_stacked[:-1]
             return logp, dtop, grads
 
         return rows, result

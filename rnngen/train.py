@@ -176,8 +176,8 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     rate, RNG stream and history continue from that checkpoint; ``model_config`` is ignored.
     A NaN or infinite loss (or perplexity), gradient or weight sends training back to the
     last state it saved (or started from) with half the learning rate, up to MAX_RECOVERIES
-    times in a row. ``threads`` is how many threads a step uses (:func:`blas.training_lanes`; None: chosen
-    from the model size).
+    times in a row. ``threads`` is how many threads a step uses (:func:`blas.training_lanes`;
+    None: chosen from the model size).
     """
     train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
     batch_size = min(config.batch_size, max(1, len(train_ids) - 1))

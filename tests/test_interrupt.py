@@ -16,6 +16,7 @@ import pytest
 from rnngen import checkpoint
 from rnngen.cli import main
 from rnngen.errors import RnngenError
+from rnngen.lanes import SERIAL
 from rnngen.model import Model
 
 WORDS = ("the a dog dogs cat cats bird birds sees see chases chase runs run sleeps sleep big small old young "
@@ -249,7 +250,7 @@ def test_weights_that_overflow_are_never_saved(tmp_path, monkeypatch, capsys):
     real_step = optim.Optimizer.step
     steps = {"n": 0}
 
-    def overflow_once(self, params, grads, lr, scale=1.0, lanes=None):
+    def overflow_once(self, params, grads, lr, scale=1.0, lanes=SERIAL):
         real_step(self, params, grads, lr, scale, lanes)
         steps["n"] += 1
         if steps["n"] == 1:

@@ -103,8 +103,8 @@ def test_unshifted_softmax_recomputes_rows_where_exp_overflows_or_underflows():
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_scoring_on_two_lanes_equals_one_chunk_after_another(monkeypatch, batch):
-    """The layers of one chunk beside the output layer of the one before (two lanes) give
-    exactly what one chunk after the other gives, and leave the BLAS threads as found."""
+    """The layers running ahead of the output layer (two lanes) give exactly what one chunk
+    after the other gives, and leave the BLAS threads as found."""
     import rnngen.score
     from rnngen import blas, jit
     from rnngen.score import chunked_logprobs
