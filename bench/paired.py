@@ -38,7 +38,7 @@ from common import (
     train_flops_per_token,
     write_json,
 )
-from run import CONFIGS, VOCAB_SIZE, missing_requirement, prepare
+from run import CONFIGS, VOCAB_SIZE, missing_requirement, prepare, read_results
 
 SIDES = ("rnngen", "torch")
 PEAK_LIBS = ("numpy", "torch")
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument("--report", type=Path, metavar="JSON", help="only print the table of a saved run")
     args = ap.parse_args(argv)
     if args.report:
-        report(json.loads(args.report.read_text())["pairs"])
+        report(read_results(args.report)["pairs"])
         return 0
     missing = missing_requirement(args.ptb)
     if missing:

@@ -52,6 +52,15 @@ def log(msg: str = "") -> None:
     print(msg, flush=True)
 
 
+def read_results(path: Path) -> dict:
+    """A results JSON written by run.py or paired.py (for --report); if it cannot be read,
+    one line on stderr and exit status 1."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"bench: cannot read {path}: {e}") from None
+
+
 def missing_requirement(ptb: Path) -> str | None:
     """Why the side-by-side benchmark cannot run here (no PTB, no torch), or None."""
     train_path, valid_path = ptb / "train.txt", ptb / "valid.txt"
@@ -293,7 +302,7 @@ def main(argv=None) -> int:
     ap.add_argument("--report", type=Path, metavar="JSON", help="only print the tables of a saved run")
     args = ap.parse_args(argv)
     if args.report:
-        report(json.loads(args.report.read_text()))
+        report(read_results(args.report))
         return 0
 
     missing = missing_requirement(args.ptb)

@@ -66,3 +66,12 @@ def test_paired_spread_gives_median_quartiles_and_extremes():
     assert s["median"] == 3.0 and s["min"] == 1.0 and s["max"] == 10.0
     assert s["q1"] == 1.5 and s["q3"] == 7.0
     assert spread([1.25]) == {"median": 1.25, "q1": 1.25, "q3": 1.25, "min": 1.25, "max": 1.25}
+
+
+@pytest.mark.parametrize("script", ["run.py", "paired.py"])
+def test_report_of_a_missing_file_is_one_line_and_exit_1(script, tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--report", str(tmp_path / "none.json")],
+                          capture_output=True, text=True, cwd=BENCH)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"bench: cannot read {tmp_path / 'none.json'}: "
+                                                f"[Errno 2] No such file or directory: '{tmp_path / 'none.json'}'"]
