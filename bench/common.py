@@ -399,8 +399,9 @@ def serve_pieces(work, pieces: list, tokens: list[int]) -> None:
 def serve_scoring(stream_logprob, valid_ids, tokens_per_call: int = 2048) -> None:
     """Paired mode, scoring: ``stream_logprob(ids)`` on consecutive 2,048-token pieces of the
     valid stream, each from the zero state."""
-    starts = range(0, len(valid_ids) - tokens_per_call + 1, tokens_per_call)
-    serve_pieces(stream_logprob, [valid_ids[a:a + tokens_per_call] for a in starts], [tokens_per_call] * len(starts))
+    starts = range(0, max(1, len(valid_ids) - tokens_per_call + 1), tokens_per_call)   # a short stream: one piece
+    pieces = [valid_ids[a:a + tokens_per_call] for a in starts]
+    serve_pieces(stream_logprob, pieces, [len(piece) for piece in pieces])
 
 
 def serve_lines(score_lines, lines: list, ids: list, per_call: int = 256) -> None:

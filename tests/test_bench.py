@@ -53,6 +53,17 @@ def test_an_rnngen_worker_serves_timed_blocks(bench_data, phase, per_call):
         assert set(a["cpu"]) >= {"wall_s", "cpu_s", "others_cores"}
 
 
+def test_a_valid_stream_shorter_than_one_piece_is_served_whole(tmp_path):
+    import numpy as np
+
+    data = tmp_path / "short.npz"
+    tokens = np.array(["<eos>", "<unk>"] + [f"w{i}" for i in range(48)])
+    np.savez(data, train=np.arange(3000) % 50, valid=np.arange(300) % 50, tokens=tokens)
+    (answer,) = serve([BENCH / "rnngen_lm.py", "--data", data, "--hidden", "8", "--threads", "1", "--serve", "score"],
+                      [0.1])
+    assert answer["done"] == answer["calls"] * 300
+
+
 def test_peak_serves_blocks_of_the_square_product():
     (answer,) = serve([BENCH / "peak.py", "--threads", "1", "--lib", "numpy", "--serve"], [0.2])
     assert answer["done"] == answer["calls"] * 2.0 * 2048 ** 3
