@@ -155,7 +155,11 @@ def main(argv=None) -> int:
     data = RESULTS_DIR / f"paired-{stamp}.npz"
     prepare(train_path, valid_path, data)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"bench: {started}, load average {' '.join(f'{x:.2f}' for x in loadavg())}", flush=True)
+    from rnngen.blas import product_library
+
+    products = product_library()
+    print(f"bench: {started}, load average {' '.join(f'{x:.2f}' for x in loadavg())}, rnngen's products on one"
+          f" thread: {products}", flush=True)
     peaks = {lib: start_peak(lib, args.threads) for lib in PEAK_LIBS}
     results = []
     try:
@@ -175,7 +179,7 @@ def main(argv=None) -> int:
     report(results)
     out = RESULTS_DIR / f"paired-{stamp}.json"
     write_json(out, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "started": started,
-                     "loadavg_end": loadavg(), "pairs": results})
+                     "rnngen_products": products, "loadavg_end": loadavg(), "pairs": results})
     print(f"bench: results written to {out}")
     return 0
 

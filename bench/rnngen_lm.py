@@ -51,6 +51,7 @@ def main(argv=None) -> dict:
     vocab = Vocab(unit="word", tokens=tokens)
     result = {"side": "rnngen", "cell": args.cell, "hidden": args.hidden, "layers": args.layers,
               "embed": args.embed or args.hidden, "threads": args.threads, "vocab": len(vocab),
+              "products": blas.product_library(),
               "rss_after_import_mb": current_rss_mb()}
 
     # --- training -------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
+from .blas import matmul
 from .lanes import SERIAL, Lanes
 
 
@@ -45,7 +46,9 @@ class Cell:
         as one product, then the recurrence. Slices of a chunk run in order, so that the layer
         above can start on one slice while this layer computes the next."""
         T, B, n_in = x[a:b].shape
-        xproj = (x[a:b].reshape(T * B, n_in) @ P["W_x"] + P["b"]).reshape(T, B, -1)   # x U + b
+        xproj = matmul(x[a:b].reshape(T * B, n_in), P["W_x"])                       # x U + b
+        xproj += P["b"]
+        xproj = xproj.reshape(T, B, -1)
         self.recur(P, xproj, out, a, b, state0)
 
     def backward(self, P: dict, fcache, dh: np.ndarray, state0: np.ndarray, lanes: Lanes = SERIAL):
@@ -60,18 +63,18 @@ class Cell:
         grads.update({k: np.empty_like(P[k]) for k in ("W_x", "W_h", "b")})
         lanes.submit(_input_weight_grads, x.reshape(N, n_in), dpre2, grads)
         lanes.submit(_recurrent_weight_grad, state0[0], h, drec2, grads)
-        dx = (dpre2 @ P["W_x"].T).reshape(T, B, n_in)
+        dx = matmul(dpre2, P["W_x"].T).reshape(T, B, n_in)
         return dx, grads, dstate0
 
 
 def _input_weight_grads(x2, dpre2, grads) -> None:
-    np.matmul(x2.T, dpre2, out=grads["W_x"])                             # dU = x^T dpre
+    matmul(x2.T, dpre2, out=grads["W_x"])                                # dU = x^T dpre
     np.sum(dpre2, axis=0, out=grads["b"])
 
 
 def _recurrent_weight_grad(h0, h, drec2, grads) -> None:
     h_prev = np.concatenate((h0[None], h[:-1])).reshape(len(drec2), -1)
-    np.matmul(h_prev.T, drec2, out=grads["W_h"])                         # dW = h_{t-1}^T drec
+    matmul(h_prev.T, drec2, out=grads["W_h"])                            # dW = h_{t-1}^T drec
 
 
 class RNNCell(Cell):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .blas import matmul
 from .lanes import SERIAL, Lanes
 
 
@@ -111,13 +112,13 @@ class FullSoftmax:
         """h V + c for rows h of ``top``; also [h, 1] when out.W and out.b are stacked."""
         stacked = _stacked(p)
         if stacked is None:
-            out = top @ self.weight(p)
+            out = matmul(top, self.weight(p))
             out += p["out.b"]
             return out, None
         h1 = np.empty((len(top), stacked.shape[0]), dtype=top.dtype)
         h1[:, :-1] = top
         h1[:, -1] = 1.0
-        return h1 @ stacked, h1
+        return matmul(h1, stacked), h1
 
     def logprobs(self, p, top, targets):
         return log_softmax_pick(self._logits(p, top)[0], targets, lambda rows: self._logits(p, top[rows])[0])
@@ -148,18 +149,18 @@ class FullSoftmax:
             h1[a:b, :-1] = top[a:b]
             h1[a:b, -1] = 1.0
             if stacked is not None:
-                np.matmul(h1[a:b], stacked, out=dlogits[a:b])                    # o = h V + c
+                matmul(h1[a:b], stacked, out=dlogits[a:b])                       # o = h V + c
             else:
-                np.matmul(top[a:b], W, out=dlogits[a:b])
+                matmul(top[a:b], W, out=dlogits[a:b])
                 dlogits[a:b] += p["out.b"]
             logp[a:b] = softmax_xent_grad(dlogits[a:b], targets[a:b], scale,     # do = s(softmax(o) - y)
                                           lambda r: self._logits(p, top[a:b][r])[0])
-            np.matmul(dlogits[a:b], W.T, out=dtop[a:b])                          # dh = do V^T
+            matmul(dlogits[a:b], W.T, out=dtop[a:b])                             # dh = do V^T
 
         def result(lanes: Lanes):
             d_stacked = np.empty((H + 1, V), dtype=top.dtype)
             for a, b in lanes.split(V, per_lane=4):
-                lanes.submit(np.matmul, h1.T, dlogits[:, a:b], d_stacked[:, a:b])  # [dV; dc] = [h, 1]^T do
+                lanes.submit(matmul, h1.T, dlogits[:, a:b], d_stacked[:, a:b])     # [dV; dc] = [h, 1]^T do
             grads = {"out.b": d_stacked[-1]}
             if self.tied:
                 grads["embed"] = d_stacked[:-1].T

@@ -1,11 +1,15 @@
 """Which BLAS pool gets the threads: NumPy's or the one the Numba kernels call."""
 
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from rnngen import blas
+from rnngen.lanes import Lanes
+from rnngen.model import Model, ModelConfig
 
 
 def test_recurrent_weights_outgrow_a_2_mb_cache_from_lstm_400(monkeypatch):
@@ -54,3 +58,112 @@ def test_threads_given_before_numba_loads_survive_its_set_up():
     proc = subprocess.run([sys.executable, "-c", THREADS], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["2 1", "1 2"], proc.stdout
+
+
+# --- products on MKL (the optional mkl extra) --------------------------------------------
+
+needs_mkl = pytest.mark.skipif(blas.product_library() != "mkl", reason="MKL (the mkl extra) is not installed")
+
+
+@pytest.fixture
+def sgemm_calls(monkeypatch):
+    """NumPy's BLAS on one thread (as in a lane) and a count of the products MKL ran."""
+    real, calls = blas._mkl_sgemm(), []
+
+    def counting(*args):
+        calls.append(args[3:6])                       # m, n, k
+        return real(*args)
+
+    monkeypatch.setattr(blas, "_numpy_threads", 1)
+    monkeypatch.setattr(blas, "_mkl_sgemm", lambda: counting)
+    return calls
+
+
+def _layouts(rng, rows, cols):
+    """The same (rows, cols) float32 matrix as stored, as a transposed view, and as a column slice."""
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    wide = rng.standard_normal((rows, cols + 7)).astype(np.float32)
+    wide[:, 3:3 + cols] = x
+    return {"stored": x, "transposed": np.ascontiguousarray(x.T).T, "slice": wide[:, 3:3 + cols]}
+
+
+@needs_mkl
+@pytest.mark.parametrize("layout_a", ["stored", "transposed", "slice"])
+@pytest.mark.parametrize("layout_b", ["stored", "transposed", "slice"])
+@pytest.mark.parametrize("into", ["new", "slice"])
+def test_mkl_products_match_numpy_in_every_layout(sgemm_calls, layout_a, layout_b, into):
+    rng = np.random.default_rng(0)
+    a, b = _layouts(rng, 37, 53)[layout_a], _layouts(rng, 53, 29)[layout_b]
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    if into == "new":
+        got = blas.matmul(a, b)
+    else:
+        wide = np.full((37, 40), 5.0, dtype=np.float32)
+        got = blas.matmul(a, b, out=wide[:, 6:35])
+        assert got.base is wide or got.base is wide.base
+        assert (wide[:, :6] == 5).all() and (wide[:, 35:] == 5).all()      # only its columns written
+    assert sgemm_calls == [(37, 29, 53)]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_mkl
+@pytest.mark.parametrize("case", ["float64", "strided", "aliased", "empty", "threaded"])
+def test_products_mkl_cannot_take_go_to_numpy(sgemm_calls, monkeypatch, case):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((12, 12)).astype(np.float32)
+    b = rng.standard_normal((12, 12)).astype(np.float32)
+    out = None
+    if case == "float64":
+        a, b = a.astype(np.float64), b.astype(np.float64)
+    elif case == "strided":
+        big = rng.standard_normal((24, 24)).astype(np.float32)
+        a = big[::2, ::2]                              # neither axis contiguous
+    elif case == "aliased":
+        a = a.copy()
+        out = a                                        # written while read
+    elif case == "empty":
+        a, b = a[:, :0], b[:0]
+    else:
+        monkeypatch.setattr(blas, "_numpy_threads", 2)  # NumPy splits it: MKL stays on one thread
+    expected = np.matmul(a.copy(), b)
+    np.testing.assert_allclose(blas.matmul(a, b, out=out), expected, rtol=1e-5, atol=1e-5)
+    assert sgemm_calls == []
+
+
+def test_rnngen_blas_openblas_turns_mkl_off():
+    code = "from rnngen import blas; print(blas.product_library())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RNNGEN_BLAS": "openblas"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "openblas"
+
+
+@needs_mkl
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_a_training_step_on_two_lanes_agrees_with_and_without_mkl(monkeypatch, cell):
+    """Loss and every gradient of a float32 step, its products on MKL or on NumPy: the layouts
+    the output layer and the cells hand to sgemm are read as NumPy reads them."""
+    config = ModelConfig(vocab_size=300, cell=cell, hidden=48, layers=2, embed=32)
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 300, (12, 6)), rng.integers(0, 300, (12, 6))
+    results, real, calls = {}, blas._mkl_sgemm(), []
+
+    def counting(*args):
+        calls.append(args[3:6])
+        return real(*args)
+
+    for use_mkl in (True, False):
+        model = Model.init(config, seed=3)
+        assert model.dtype == np.float32
+        monkeypatch.setattr(blas, "_mkl_sgemm", (lambda: counting) if use_mkl else (lambda: None))
+        with blas.numpy_threads(1):
+            results[use_mkl] = model.loss_and_grads(x, y, model.zero_state(6), None, Lanes(2))
+    shapes = {(n, k) for m, n, k in calls}                        # (columns, inner) of each product
+    assert {(300, 49), (48, 300)} <= shapes                       # the output layer's, forward and back
+    assert (192 if cell == "lstm" else 48, 32) in shapes          # layer 0's input projection
+    (nll, grads, state), (nll0, grads0, state0) = results[True], results[False]
+    assert nll == pytest.approx(nll0, rel=1e-5)
+    np.testing.assert_allclose(state, state0, rtol=1e-4, atol=1e-6)
+    assert grads.keys() == grads0.keys()
+    for name in grads:
+        np.testing.assert_allclose(grads[name], grads0[name], rtol=1e-3, atol=1e-6, err_msg=name)
