@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blas import matmul
+from .blas import exp_in_place, matmul
 from .lanes import SERIAL, Lanes
 
 
@@ -30,11 +30,10 @@ def _exp_shifted(logits: np.ndarray, targets: np.ndarray, logits_of=None):
         m = logits.max(axis=1)
         picked = logits[rows, targets] - m
         logits -= m[:, None]
-        np.exp(logits, out=logits)
+        exp_in_place(logits)
         return rows, picked, logits.sum(axis=1)
     picked = logits[rows, targets]
-    with np.errstate(over="ignore", under="ignore"):        # such rows are redone below
-        np.exp(logits, out=logits)
+    exp_in_place(logits)                                     # rows that overflow are redone below
     z = logits.sum(axis=1)
     info = np.finfo(logits.dtype)
     redo = np.flatnonzero(~((z > info.tiny / info.eps) & (z < info.max)))

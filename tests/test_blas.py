@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import types
+import warnings
 
 import numpy as np
 import pytest
@@ -68,14 +70,14 @@ needs_mkl = pytest.mark.skipif(blas.product_library() != "mkl", reason="MKL (the
 @pytest.fixture
 def sgemm_calls(monkeypatch):
     """NumPy's BLAS on one thread (as in a lane) and a count of the products MKL ran."""
-    real, calls = blas._mkl_sgemm(), []
+    real, calls = blas._mkl(), []
 
     def counting(*args):
         calls.append(args[3:6])                       # m, n, k
-        return real(*args)
+        return real.sgemm(*args)
 
     monkeypatch.setattr(blas, "_numpy_threads", 1)
-    monkeypatch.setattr(blas, "_mkl_sgemm", lambda: counting)
+    monkeypatch.setattr(blas, "_mkl", lambda: types.SimpleNamespace(sgemm=counting, exp=real.exp))
     return calls
 
 
@@ -146,16 +148,17 @@ def test_a_training_step_on_two_lanes_agrees_with_and_without_mkl(monkeypatch, c
     config = ModelConfig(vocab_size=300, cell=cell, hidden=48, layers=2, embed=32)
     rng = np.random.default_rng(2)
     x, y = rng.integers(0, 300, (12, 6)), rng.integers(0, 300, (12, 6))
-    results, real, calls = {}, blas._mkl_sgemm(), []
+    results, real, calls = {}, blas._mkl(), []
 
     def counting(*args):
         calls.append(args[3:6])
-        return real(*args)
+        return real.sgemm(*args)
 
     for use_mkl in (True, False):
         model = Model.init(config, seed=3)
         assert model.dtype == np.float32
-        monkeypatch.setattr(blas, "_mkl_sgemm", (lambda: counting) if use_mkl else (lambda: None))
+        mkl = types.SimpleNamespace(sgemm=counting, exp=real.exp) if use_mkl else None
+        monkeypatch.setattr(blas, "_mkl", lambda mkl=mkl: mkl)
         with blas.numpy_threads(1):
             results[use_mkl] = model.loss_and_grads(x, y, model.zero_state(6), None, Lanes(2))
     shapes = {(n, k) for m, n, k in calls}                        # (columns, inner) of each product
@@ -167,3 +170,42 @@ def test_a_training_step_on_two_lanes_agrees_with_and_without_mkl(monkeypatch, c
     assert grads.keys() == grads0.keys()
     for name in grads:
         np.testing.assert_allclose(grads[name], grads0[name], rtol=1e-3, atol=1e-6, err_msg=name)
+
+
+@needs_mkl
+def test_mkl_exp_matches_numpy_and_saturates_quietly(monkeypatch):
+    real, calls = blas._mkl(), []
+
+    def counting(n, *rest):
+        calls.append(n)
+        return real.exp(n, *rest)
+
+    monkeypatch.setattr(blas, "_mkl", lambda: types.SimpleNamespace(sgemm=real.sgemm, exp=counting))
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((64, 301)) * 20).astype(np.float32)
+    x[0, :4] = [100.0, -200.0, np.nan, 0.0]            # overflow, underflow, NaN, exact 1
+    expected = np.exp(x.astype(np.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # no RuntimeWarning either way
+        blas.exp_in_place(x)
+    assert calls == [64 * 301]
+    assert x[0, 0] == np.inf and x[0, 1] == 0 and np.isnan(x[0, 2]) and x[0, 3] == 1
+    finite = np.isfinite(expected) & (expected > 1e-30) & (expected < 1e30)
+    np.testing.assert_allclose(x[finite], expected[finite], rtol=5e-7)
+
+
+@pytest.mark.parametrize("case", ["float64", "column slice", "no mkl"])
+def test_exp_in_place_falls_back_to_numpy(monkeypatch, case):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((20, 30)) * 3).astype(np.float64 if case == "float64" else np.float32)
+    if case == "no mkl":
+        monkeypatch.setattr(blas, "_mkl", lambda: None)
+    if case == "column slice":
+        x = x[:, 5:]                                   # not one contiguous block
+    x[0, 0] = 1000.0                                   # overflows in float32 and float64
+    expected = np.exp(x[1:].astype(np.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        blas.exp_in_place(x)
+    assert x[0, 0] == np.inf
+    np.testing.assert_allclose(x[1:], expected, rtol=5e-7 if x.dtype == np.float32 else 1e-15)
