@@ -83,23 +83,31 @@ def _scoring_lanes(model: Model, rows: int, chunks: int):
             yield lanes
 
 
-def _queue_logprobs(model: Model, inputs, targets, state, chunk: int, lanes: Lanes, out) -> np.ndarray:
+def _queue_logprobs(model: Model, inputs, targets, state, chunk: int, lanes: Lanes, out,
+                    lengths: np.ndarray | None = None) -> np.ndarray:
     """The layers of :func:`chunked_logprobs` here, chunk by chunk; each chunk's output
     layer queued on ``lanes`` in pieces that write into ``out`` (complete once the lanes are
-    drained). Returns the final state."""
+    drained). With ``lengths`` (B,), column j is scored only at its first lengths[j] time
+    steps: the output layer skips the padding, whose ``out`` is left unwritten. Returns the
+    final state."""
     T, B = inputs.shape
     steps = _chunk_steps(B, chunk)
     for a in range(0, T, steps):
         b = min(a + steps, T)
         top, _, state = model.hidden_forward(inputs[a:b], state)
         for s, e in lanes.split(b - a):
-            lanes.submit(_write_logprobs, model, top[s:e], targets[a + s:a + e], out[a + s:a + e])
+            scored = None if lengths is None else np.arange(a + s, a + e)[:, None] < lengths
+            lanes.submit(_write_logprobs, model, top[s:e], targets[a + s:a + e], out[a + s:a + e], scored)
         lanes.catch_up(keep=2 * lanes.count)               # at most two chunks ahead of the worker
     return state
 
 
-def _write_logprobs(model: Model, top, targets, out) -> None:
-    out[...] = model.top_logprobs(top, targets)
+def _write_logprobs(model: Model, top, targets, out, scored=None) -> None:
+    """log p(target) into ``out`` for (T, B) rows of top-layer states; only where ``scored``."""
+    if scored is None or scored.all():
+        out[...] = model.top_logprobs(top, targets)
+    elif scored.any():
+        out[scored] = model.output.logprobs(model.params, top[scored], targets[scored])
 
 
 def stream_logprob(model: Model, ids: np.ndarray) -> tuple[float, int]:
@@ -132,14 +140,15 @@ def score_lines(model: Model, vocab: Vocab, lines: list[str], per_token: bool = 
             ids = encoded[i][0]
             inputs[1:len(ids) + 1, col] = ids
             targets[:len(ids), col] = ids                      # then <eos> at len(ids)
-        batches.append((group, inputs, targets, np.empty((T, len(group)), dtype=np.float64)))
-    rows = sum(inputs.size for _, inputs, _, _ in batches)
-    chunks = sum(_chunks(*inputs.shape) for _, inputs, _, _ in batches)
+        lengths = np.array([len(encoded[i][0]) + 1 for i in group])  # tokens and <eos>
+        batches.append((group, inputs, targets, lengths, np.empty((T, len(group)), dtype=np.float64)))
+    rows = sum(inputs.size for _, inputs, _, _, _ in batches)
+    chunks = sum(_chunks(*inputs.shape) for _, inputs, _, _, _ in batches)
     with _scoring_lanes(model, rows, chunks) as lanes:
-        for group, inputs, targets, lp in batches:
-            _queue_logprobs(model, inputs, targets, model.zero_state(len(group)), CHUNK, lanes, lp)
+        for group, inputs, targets, lengths, lp in batches:
+            _queue_logprobs(model, inputs, targets, model.zero_state(len(group)), CHUNK, lanes, lp, lengths)
     results: list[SentenceScore | None] = [None] * len(lines)
-    for group, _, _, lp in batches:
+    for group, _, _, _, lp in batches:
         for col, i in enumerate(group):
             ids, oov = encoded[i]
             n = len(ids) + 1

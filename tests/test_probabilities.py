@@ -159,3 +159,22 @@ def test_lines_scored_on_two_lanes_equal_one_batch_after_another(monkeypatch):
     assert len(pieces) - one_lane > one_lane                 # chunks were split over the two lanes
     assert [r.text for r in on_lanes] == lines
     assert [r.logprob for r in on_lanes] == [r.logprob for r in serial]
+
+
+def test_the_output_layer_skips_the_padding_of_short_lines(monkeypatch):
+    """Lines of different lengths share a batch; only their own tokens (and <eos>) reach
+    the output layer, and each still scores as it does alone."""
+    vocab = Vocab.build(["a b c d e f"])
+    model = Model.init(ModelConfig(vocab_size=len(vocab), hidden=8), seed=0, dtype=np.float64)
+    rows, real = [], model.output.logprobs
+
+    def counting(p, top, targets):
+        rows.append(len(top))
+        return real(p, top, targets)
+
+    monkeypatch.setattr(model.output, "logprobs", counting)
+    lines = ["a", "b c d e f a b c d e f", "", "c d", "e f a b c"]
+    results = score_lines(model, vocab, lines)
+    assert sum(rows) == sum(len(line.split()) + 1 for line in lines) == 24    # not 5 lines x 13 steps
+    for line, r in zip(lines, results):
+        assert r.logprob == pytest.approx(stream_logprob(model, vocab.encode_stream([line]))[0], abs=1e-10)
