@@ -145,7 +145,8 @@ def _mkl():
 
 
 def product_library() -> str:
-    """Which library :func:`matmul` uses for products on one thread: "mkl" or "openblas"."""
+    """Which library :func:`matmul` uses for products on one thread: "mkl", or "openblas"
+    for NumPy's own BLAS (OpenBLAS in NumPy's PyPI wheels)."""
     return "mkl" if _mkl() else "openblas"
 
 
@@ -201,11 +202,12 @@ def matmul(a, b, out=None):
             or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
         return np.matmul(a, b, out=out)
     mkl.sgemm(_ROW_MAJOR, how_a[0], how_b[0], m, n, k, 1.0, a.ctypes.data, how_a[1], b.ctypes.data, how_b[1],
-          0.0, out.ctypes.data, out.strides[0] // 4)
+              0.0, out.ctypes.data, out.strides[0] // 4)
     return out
 
 
 def _numpy_single_threaded() -> bool:
+    """Is NumPy's BLAS on one thread? Tracked by set_threads, so no call into OpenBLAS."""
     global _numpy_threads
     if _numpy_threads is None:
         _numpy_threads = thread_count()
