@@ -120,13 +120,18 @@ def _mkl():
     """MKL's ``sgemm`` and ``exp`` (below), running on the calling thread only, or None.
 
     Looks for ``libmkl_rt`` where the ``mkl`` wheel puts it (``<prefix>/lib``: the venv's, or
-    the user's for ``pip install --user``). None when it is missing, when RNNGEN_BLAS=openblas,
-    or when MKL was loaded before with threads of its own (its layers are set only once).
+    the user's for ``pip install --user``), beside the core and sequential libraries it
+    loads on its first call (missing, MKL would end the process there). None when it is
+    missing, when RNNGEN_BLAS=openblas, or when MKL was loaded before with threads of its
+    own (its layers are set only once).
     """
     if os.environ.get("RNNGEN_BLAS", "").lower() == "openblas":
         return None
     for prefix in (sys.prefix, site.getuserbase()):
-        for path in sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*"))):
+        folder = os.path.join(prefix, "lib")
+        for path in sorted(glob.glob(os.path.join(folder, "libmkl_rt.so*"))):
+            if not all(glob.glob(os.path.join(folder, f"libmkl_{part}.so*")) for part in ("core", "sequential")):
+                continue
             try:
                 lib = ctypes.CDLL(path)
                 if (lib.MKL_Set_Interface_Layer(_MKL_LP64) != _MKL_LP64

@@ -141,6 +141,22 @@ def test_rnngen_blas_openblas_turns_mkl_off():
 
 
 @needs_mkl
+def test_an_mkl_without_its_core_libraries_is_not_used(tmp_path):
+    """MKL loads its core on the first product and ends the process if it is missing."""
+    import glob
+    import shutil
+
+    (tmp_path / "lib").mkdir()
+    for path in glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")):
+        shutil.copy(path, tmp_path / "lib")
+    code = f"import sys; sys.prefix = {str(tmp_path)!r}; from rnngen import blas; print(blas.product_library())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONUSERBASE": str(tmp_path / "nobody")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "openblas"
+
+
+@needs_mkl
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 def test_a_training_step_on_two_lanes_agrees_with_and_without_mkl(monkeypatch, cell):
     """Loss and every gradient of a float32 step, its products on MKL or on NumPy: the layouts
