@@ -132,6 +132,7 @@ def test_products_mkl_cannot_take_go_to_numpy(sgemm_calls, monkeypatch, case):
     assert sgemm_calls == []
 
 
+@needs_mkl
 def test_rnngen_blas_openblas_turns_mkl_off():
     code = "from rnngen import blas; print(blas.product_library())"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
