@@ -235,16 +235,21 @@ class ClassSoftmax(FullSoftmax):
         logp = softmax_xent_grad(dcls, cls, scale)
         dtop = dcls @ p["cls.W"].T
         W = self.weight(p)
-        d_w = np.zeros_like(W)
-        d_b = np.zeros_like(p["out.b"])
+        d_w = np.empty_like(W)                 # written class by class: no pass to zero it first
+        d_b = np.empty_like(p["out.b"])
+        absent = np.ones(self.n_classes, dtype=bool)
         for c, rows in groups:
             s, e = self.bounds[c], self.bounds[c + 1]
             h = top[rows]
             dlogits = h @ W[:, s:e] + p["out.b"][s:e]
             logp[rows] += softmax_xent_grad(dlogits, targets[rows] - s, scale)
-            d_w[:, s:e] += h.T @ dlogits
-            d_b[s:e] += dlogits.sum(axis=0)
+            np.matmul(h.T, dlogits, out=d_w[:, s:e])
+            np.sum(dlogits, axis=0, out=d_b[s:e])
             dtop[rows] += dlogits @ W[:, s:e].T
+            absent[c] = False
+        for c in np.flatnonzero(absent):        # classes no target fell in: zero gradient
+            d_w[:, self.bounds[c]:self.bounds[c + 1]] = 0
+            d_b[self.bounds[c]:self.bounds[c + 1]] = 0
         grads = {"out.b": d_b, "cls.W": top.T @ dcls, "cls.b": dcls.sum(axis=0)}
         if self.tied:
             grads["embed"] = d_w.T

@@ -46,3 +46,20 @@ def test_frequency_binning():
 def test_bad_bounds_refused():
     with pytest.raises(RnngenError):
         ModelConfig(vocab_size=5, softmax="class", class_bounds=[0, 3, 3, 5])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_words_of_classes_no_target_fell_in_get_a_zero_gradient(monkeypatch, tied):
+    """The word gradient is written class by class into an uninitialised array: the columns
+    of the classes no target fell in must be set to zero, not left as they were."""
+    model = Model.init(ModelConfig(vocab_size=12, hidden=5, embed=5, tie_weights=tied, softmax="class",
+                                   class_bounds=[0, 3, 7, 12]), seed=1, dtype=np.float64)
+    monkeypatch.setattr(np, "empty_like", lambda a, **kw: np.full_like(a, np.nan, **kw))   # garbage
+    top = np.random.default_rng(0).standard_normal((6, 5))
+    targets = np.array([3, 4, 6, 5, 3, 4])                     # all in class 1 (words 3..6)
+    _, _, grads = model.output.loss_grad(model.params, top, targets, 1.0)
+    d_w = grads["embed"].T if tied else grads["out.W"]
+    assert np.isfinite(d_w).all() and np.isfinite(grads["out.b"]).all()
+    assert (d_w[:, :3] == 0).all() and (d_w[:, 7:] == 0).all()
+    assert (grads["out.b"][:3] == 0).all() and (grads["out.b"][7:] == 0).all()
+    assert (d_w[:, 3:7] != 0).any()
