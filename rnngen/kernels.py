@@ -262,6 +262,29 @@ def scatter_add_rows(dst, rows, src):
             dst[r, j] += src[i, j]
 
 
+# --- output layer ---------------------------------------------------------------------
+
+@kernel(**LOOP_OPTIONS)
+def softmax_xent_rows(logits, targets, scale, logp):
+    """Per row i of ``logits``, in place, with p = softmax(o_i) and y the one-hot of targets[i]:
+    logp[i] = log p[targets[i]] and o_i <- scale (p - y). For the class softmax's per-class
+    blocks (a few rows of ~100 words), where NumPy's ~12 calls per block cost 58 µs."""
+    for i in range(logits.shape[0]):
+        o = logits[i]
+        m = o.max()
+        picked = o[targets[i]] - m
+        z = 0.0
+        for j in range(o.shape[0]):
+            e = np.exp(o[j] - m)                                   # p = e^(o - m) / z
+            o[j] = e
+            z += e
+        logp[i] = picked - np.log(z)
+        s = scale / z
+        for j in range(o.shape[0]):
+            o[j] *= s                                              # do = s (p - y)
+        o[targets[i]] -= scale
+
+
 # --- sampling -----------------------------------------------------------------------
 
 @kernel(**LOOP_OPTIONS)

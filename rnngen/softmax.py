@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .blas import exp_in_place, matmul
+from .kernels import softmax_xent_rows
 from .lanes import SERIAL, Lanes
 
 
@@ -242,7 +243,9 @@ class ClassSoftmax(FullSoftmax):
             s, e = self.bounds[c], self.bounds[c + 1]
             h = top[rows]
             dlogits = h @ W[:, s:e] + p["out.b"][s:e]
-            logp[rows] += softmax_xent_grad(dlogits, targets[rows] - s, scale)
+            word_logp = np.empty(len(rows))
+            softmax_xent_rows(dlogits, targets[rows] - s, scale, word_logp)
+            logp[rows] += word_logp                                   # + log p(w | class, h)
             np.matmul(h.T, dlogits, out=d_w[:, s:e])
             np.sum(dlogits, axis=0, out=d_b[s:e])
             dtop[rows] += dlogits @ W[:, s:e].T
