@@ -68,16 +68,21 @@ needs_mkl = pytest.mark.skipif(blas.product_library() != "mkl", reason="MKL (the
 
 
 @pytest.fixture
-def sgemm_calls(monkeypatch):
-    """NumPy's BLAS on one thread (as in a lane) and a count of the products MKL ran."""
-    real, calls = blas._mkl(), []
+def mkl_calls(monkeypatch):
+    """NumPy's BLAS on one thread (as in a lane), and what MKL ran: ``.sgemm`` lists each
+    product's (m, n, k), ``.exp`` each exp's length."""
+    real, calls = blas._mkl(), types.SimpleNamespace(sgemm=[], exp=[])
 
-    def counting(*args):
-        calls.append(args[3:6])                       # m, n, k
+    def sgemm(*args):
+        calls.sgemm.append(args[3:6])
         return real.sgemm(*args)
 
+    def exp(n, *rest):
+        calls.exp.append(n)
+        return real.exp(n, *rest)
+
     monkeypatch.setattr(blas, "_numpy_threads", 1)
-    monkeypatch.setattr(blas, "_mkl", lambda: types.SimpleNamespace(sgemm=counting, exp=real.exp))
+    monkeypatch.setattr(blas, "_mkl", lambda: types.SimpleNamespace(sgemm=sgemm, exp=exp))
     return calls
 
 
@@ -93,7 +98,7 @@ def _layouts(rng, rows, cols):
 @pytest.mark.parametrize("layout_a", ["stored", "transposed", "slice"])
 @pytest.mark.parametrize("layout_b", ["stored", "transposed", "slice"])
 @pytest.mark.parametrize("into", ["new", "slice"])
-def test_mkl_products_match_numpy_in_every_layout(sgemm_calls, layout_a, layout_b, into):
+def test_mkl_products_match_numpy_in_every_layout(mkl_calls, layout_a, layout_b, into):
     rng = np.random.default_rng(0)
     a, b = _layouts(rng, 37, 53)[layout_a], _layouts(rng, 53, 29)[layout_b]
     expected = a.astype(np.float64) @ b.astype(np.float64)
@@ -104,13 +109,13 @@ def test_mkl_products_match_numpy_in_every_layout(sgemm_calls, layout_a, layout_
         got = blas.matmul(a, b, out=wide[:, 6:35])
         assert got.base is wide or got.base is wide.base
         assert (wide[:, :6] == 5).all() and (wide[:, 35:] == 5).all()      # only its columns written
-    assert sgemm_calls == [(37, 29, 53)]
+    assert mkl_calls.sgemm == [(37, 29, 53)]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 @needs_mkl
 @pytest.mark.parametrize("case", ["float64", "strided", "aliased", "empty", "threaded"])
-def test_products_mkl_cannot_take_go_to_numpy(sgemm_calls, monkeypatch, case):
+def test_products_mkl_cannot_take_go_to_numpy(mkl_calls, monkeypatch, case):
     rng = np.random.default_rng(1)
     a = rng.standard_normal((12, 12)).astype(np.float32)
     b = rng.standard_normal((12, 12)).astype(np.float32)
@@ -129,7 +134,7 @@ def test_products_mkl_cannot_take_go_to_numpy(sgemm_calls, monkeypatch, case):
         monkeypatch.setattr(blas, "_numpy_threads", 2)  # NumPy splits it: MKL stays on one thread
     expected = np.matmul(a.copy(), b)
     np.testing.assert_allclose(blas.matmul(a, b, out=out), expected, rtol=1e-5, atol=1e-5)
-    assert sgemm_calls == []
+    assert mkl_calls.sgemm == []
 
 
 @needs_mkl
@@ -159,26 +164,21 @@ def test_an_mkl_without_its_core_libraries_is_not_used(tmp_path):
 
 @needs_mkl
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
-def test_a_training_step_on_two_lanes_agrees_with_and_without_mkl(monkeypatch, cell):
+def test_a_training_step_on_two_lanes_agrees_with_and_without_mkl(mkl_calls, monkeypatch, cell):
     """Loss and every gradient of a float32 step, its products on MKL or on NumPy: the layouts
     the output layer and the cells hand to sgemm are read as NumPy reads them."""
     config = ModelConfig(vocab_size=300, cell=cell, hidden=48, layers=2, embed=32)
     rng = np.random.default_rng(2)
     x, y = rng.integers(0, 300, (12, 6)), rng.integers(0, 300, (12, 6))
-    results, real, calls = {}, blas._mkl(), []
-
-    def counting(*args):
-        calls.append(args[3:6])
-        return real.sgemm(*args)
-
+    results = {}
     for use_mkl in (True, False):
+        if not use_mkl:
+            monkeypatch.setattr(blas, "_mkl", lambda: None)
         model = Model.init(config, seed=3)
         assert model.dtype == np.float32
-        mkl = types.SimpleNamespace(sgemm=counting, exp=real.exp) if use_mkl else None
-        monkeypatch.setattr(blas, "_mkl", lambda mkl=mkl: mkl)
         with blas.numpy_threads(1):
             results[use_mkl] = model.loss_and_grads(x, y, model.zero_state(6), None, Lanes(2))
-    shapes = {(n, k) for m, n, k in calls}                        # (columns, inner) of each product
+    shapes = {(n, k) for m, n, k in mkl_calls.sgemm}              # (columns, inner) of each product
     assert {(300, 49), (48, 300)} <= shapes                       # the output layer's, forward and back
     assert (192 if cell == "lstm" else 48, 32) in shapes          # layer 0's input projection
     (nll, grads, state), (nll0, grads0, state0) = results[True], results[False]
@@ -190,14 +190,7 @@ def test_a_training_step_on_two_lanes_agrees_with_and_without_mkl(monkeypatch, c
 
 
 @needs_mkl
-def test_mkl_exp_matches_numpy_and_saturates_quietly(monkeypatch):
-    real, calls = blas._mkl(), []
-
-    def counting(n, *rest):
-        calls.append(n)
-        return real.exp(n, *rest)
-
-    monkeypatch.setattr(blas, "_mkl", lambda: types.SimpleNamespace(sgemm=real.sgemm, exp=counting))
+def test_mkl_exp_matches_numpy_and_saturates_quietly(mkl_calls):
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((64, 301)) * 20).astype(np.float32)
     x[0, :4] = [100.0, -200.0, np.nan, 0.0]            # overflow, underflow, NaN, exact 1
@@ -205,10 +198,10 @@ def test_mkl_exp_matches_numpy_and_saturates_quietly(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")                 # no RuntimeWarning either way
         blas.exp_in_place(x)
-    assert calls == [64 * 301]
+    assert mkl_calls.exp == [64 * 301]
     small = np.ones(blas.VML_MIN_SIZE - 1, dtype=np.float32)
     blas.exp_in_place(small)                           # NumPy's: faster than a call into MKL
-    assert calls == [64 * 301] and np.allclose(small, np.e)
+    assert mkl_calls.exp == [64 * 301] and np.allclose(small, np.e)
     assert x[0, 0] == np.inf and x[0, 1] == 0 and np.isnan(x[0, 2]) and x[0, 3] == 1
     finite = np.isfinite(expected) & (expected > 1e-30) & (expected < 1e30)
     np.testing.assert_allclose(x[finite], expected[finite], rtol=5e-7)
