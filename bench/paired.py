@@ -40,6 +40,8 @@ from common import (
 )
 from run import CONFIGS, VOCAB_SIZE, missing_requirement, prepare, read_results
 
+from rnngen.blas import product_library
+
 SIDES = ("rnngen", "torch")
 PEAK_LIBS = ("numpy", "torch")
 
@@ -155,8 +157,6 @@ def main(argv=None) -> int:
     data = RESULTS_DIR / f"paired-{stamp}.npz"
     prepare(train_path, valid_path, data)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    from rnngen.blas import product_library
-
     products = product_library()
     print(f"bench: {started}, load average {' '.join(f'{x:.2f}' for x in loadavg())}, rnngen's products on one"
           f" thread: {products}", flush=True)
