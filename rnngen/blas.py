@@ -14,6 +14,8 @@ NumPy's threads.
 Where a product runs on one thread anyway (each lane's, or everything with --threads 1),
 :func:`matmul` hands it to MKL's sgemm when the optional ``mkl`` extra is installed: the
 library PyTorch's CPU wheel is built with, faster than OpenBLAS on the output layer's shapes.
+The kernels' products go to MKL too while the kernels run on one thread
+(:func:`kernel_products_on_mkl`): twice as fast at the recurrence's batch-20 products.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ _MKL_LP64, _MKL_SEQUENTIAL = 0, 1
 _VML_LA, _VML_ERRMODE_IGNORE = 0x1, 0x100
 # Fewest values for which exp_in_place calls MKL (smaller: NumPy's exp is faster).
 VML_MIN_SIZE = 16_384
+# What Numba's np.dot of two matrices calls inside the kernels: float32 and float64 GEMM.
+_KERNEL_GEMMS = ("sgemm", "dgemm")
 
 
 @functools.cache
@@ -88,16 +92,25 @@ def _set(package: str, count: int) -> None:
 
 
 def load_kernel_blas() -> None:
-    """Load the table of SciPy's BLAS functions that Numba's ``np.dot`` calls, by itself.
+    """Load the table of BLAS functions that Numba's ``np.dot`` calls inside the kernels
+    (SciPy's ``cython_blas``), and point its GEMMs at MKL's where :func:`kernel_products_on_mkl`
+    says so.
 
-    Numba finds it by importing ``scipy.linalg.cython_blas``, which first runs all of
-    ``scipy.linalg/__init__`` (0.25 s against 0.04 s on our 2-core machine).
-    The extension module needs nothing from that package, so it is loaded straight from
-    its file; a later ``import scipy.linalg`` still works. Falls back to the normal import.
+    Numba finds the table by importing ``scipy.linalg.cython_blas``, which first runs all of
+    ``scipy.linalg/__init__`` (0.25 s against 0.04 s on our 2-core machine). The extension
+    module needs nothing from that package, so it is loaded straight from its file; a later
+    ``import scipy.linalg`` still works. Falls back to the normal import (then unpatched).
     """
     name = "scipy.linalg.cython_blas"
+    if name not in sys.modules:
+        _load_alone(name)
+    if name in sys.modules:
+        kernel_products_on_mkl(sys.modules[name])
+
+
+def _load_alone(name: str) -> None:
     spec = importlib.util.find_spec("scipy")
-    if name in sys.modules or spec is None or not spec.submodule_search_locations:
+    if spec is None or not spec.submodule_search_locations:
         return
     folder = os.path.join(spec.submodule_search_locations[0], "linalg")
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
@@ -113,13 +126,41 @@ def load_kernel_blas() -> None:
             return
 
 
+def kernel_products_on_mkl(cython_blas) -> bool:
+    """Point the GEMM entries of ``cython_blas.__pyx_capi__`` at MKL's, when MKL is there
+    and the kernels' BLAS runs on one thread (MKL's is sequential); returns whether it did.
+
+    Numba's ``np.dot`` looks its GEMM up in that table on its first call, so this must run
+    before the kernels do. SciPy's OpenBLAS is slow at the recurrence's small products (one
+    thread, inside a kernel, best of 7, three runs): an LSTM step's 20 x 200 @ 200 x 800 took
+    95-99 µs against MKL's 40-50, its backward twin 20 x 800 @ 800 x 200 107-109 against
+    67-83; 1 x 200 @ 200 x 800 (scoring one stream) 10-12 µs on both. The new capsules keep
+    SciPy's signature names, so SciPy's own Cython modules that import these functions later
+    accept them (same Fortran interface) and call MKL too.
+    """
+    mkl = _mkl()
+    capi = getattr(cython_blas, "__pyx_capi__", None)
+    if mkl is None or _kernel_threads != 1 or not isinstance(capi, dict) or not all(n in capi for n in _KERNEL_GEMMS):
+        return False
+    python = ctypes.pythonapi
+    signature = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object)(("PyCapsule_GetName", python))
+    capsule = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)(
+        ("PyCapsule_New", python))
+    table = dict(capi)
+    for name in _KERNEL_GEMMS:
+        table[name] = capsule(mkl.gemm[name], signature(capi[name]), None)
+    cython_blas.__pyx_capi__ = table
+    return True
+
+
 _kernel_threads = 1
 _numpy_threads: int | None = None          # what set_threads last gave NumPy's BLAS
 
 
 @functools.cache
 def _mkl():
-    """MKL's ``sgemm`` and ``exp`` (below), running on the calling thread only, or None.
+    """MKL's ``sgemm`` and ``exp`` (below), running on the calling thread only, and the
+    addresses of its Fortran ``gemm`` (for the kernels: :func:`kernel_products_on_mkl`); or None.
 
     Looks for ``libmkl_rt`` where the ``mkl`` wheel puts it (``<prefix>/lib``: the venv's, or
     the user's for ``pip install --user``), beside the core and sequential libraries it
@@ -140,6 +181,7 @@ def _mkl():
                         or lib.MKL_Set_Threading_Layer(_MKL_SEQUENTIAL) != _MKL_SEQUENTIAL):
                     continue
                 sgemm, exp = lib.cblas_sgemm, lib.vmsExp
+                gemm = {name: ctypes.cast(getattr(lib, name + "_"), ctypes.c_void_p).value for name in _KERNEL_GEMMS}
             except (OSError, AttributeError):
                 continue
             c_int, c_float, pointer = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
@@ -147,7 +189,7 @@ def _mkl():
             sgemm.argtypes = [c_int, c_int, c_int, c_int, c_int, c_int, c_float, pointer, c_int, pointer, c_int,
                               c_float, pointer, c_int]
             exp.argtypes = [c_int, pointer, pointer, ctypes.c_longlong]
-            return types.SimpleNamespace(sgemm=sgemm, exp=exp)
+            return types.SimpleNamespace(sgemm=sgemm, exp=exp, gemm=gemm)
     return None
 
 

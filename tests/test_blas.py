@@ -82,7 +82,7 @@ def mkl_calls(monkeypatch):
         return real.exp(n, *rest)
 
     monkeypatch.setattr(blas, "_numpy_threads", 1)
-    monkeypatch.setattr(blas, "_mkl", lambda: types.SimpleNamespace(sgemm=sgemm, exp=exp))
+    monkeypatch.setattr(blas, "_mkl", lambda: types.SimpleNamespace(sgemm=sgemm, exp=exp, gemm=real.gemm))
     return calls
 
 
@@ -144,6 +144,72 @@ def test_rnngen_blas_openblas_turns_mkl_off():
                           env={**os.environ, "RNNGEN_BLAS": "openblas"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "openblas"
+
+
+KERNEL_PRODUCTS = r"""
+import sys
+import numpy as np
+from rnngen import blas, kernels
+if sys.argv[2] == "threaded":
+    blas.give_threads(2, to_kernels=True)
+rng = np.random.default_rng(0)
+T, B, H = 3, 4, 8
+out = [np.empty((T, B, H), np.float32) for _ in range(3)] + [np.empty((T, B, 4 * H), np.float32)]
+args = [rng.standard_normal((T, B, 4 * H)).astype(np.float32), rng.standard_normal((H, 4 * H)).astype(np.float32),
+        np.zeros((B, H), np.float32), np.zeros((B, H), np.float32)]
+print("kernel", flush=True)
+kernels.lstm_forward(*args, *out)
+print("done", flush=True)
+np.save(sys.argv[1], out[0])
+"""
+
+
+def _kernel_products(tmp_path, how: str, env: dict) -> tuple[list[str], np.ndarray]:
+    """An LSTM forward kernel (batch 4, hidden 8) in a fresh process with MKL_VERBOSE=1:
+    the lines MKL printed while the kernel ran, and the kernel's h."""
+    out = tmp_path / f"{how}.npy"
+    proc = subprocess.run([sys.executable, "-c", KERNEL_PRODUCTS, str(out), how], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "MKL_VERBOSE": "1", **env})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    return lines[lines.index("kernel") + 1:lines.index("done")], np.load(out)
+
+
+@needs_mkl
+def test_kernel_products_run_on_mkl_unless_the_kernels_have_threads(tmp_path):
+    on_mkl, h = _kernel_products(tmp_path, "one-thread", {})
+    products = [line for line in on_mkl if "SGEMM(n,n,32,4,8," in line]        # h_{t-1} W_h: 4 x 8 @ 8 x 32
+    assert len(products) == 3, on_mkl                                           # one per time step
+    for how, env in [("threaded", {}), ("openblas", {"RNNGEN_BLAS": "openblas"})]:
+        lines, h_other = _kernel_products(tmp_path, how, env)
+        assert not [line for line in lines if "GEMM" in line], (how, lines)
+        np.testing.assert_allclose(h, h_other, rtol=1e-5, atol=1e-6)
+
+
+SCIPY_AFTER_KERNELS = r"""
+import numpy as np
+from rnngen import blas, kernels
+kernels.rnn_forward(np.ones((2, 1, 3)), np.eye(3), np.zeros((1, 3)), False, np.empty((2, 1, 3)))   # float64: dgemm
+from scipy.cluster.vq import vq
+from scipy.linalg import cython_blas, qr, qr_update
+assert cython_blas.__pyx_capi__["dgemm"] is not None
+rng = np.random.default_rng(0)
+a, u, v = rng.standard_normal((6, 6)), rng.standard_normal(6), rng.standard_normal(6)
+q1, r1 = qr_update(*qr(a), u, v)
+assert np.allclose(q1 @ r1, a + np.outer(u, v))
+obs, book = rng.standard_normal((50, 4)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
+codes, _ = vq(obs, book)
+assert (codes == ((obs[:, None] - book[None]) ** 2).sum(-1).argmin(1)).all()
+print("ok", blas.product_library())
+"""
+
+
+def test_scipy_still_works_after_the_kernels_ran():
+    """The kernels' GEMM entries in SciPy's cython_blas table now point at MKL: SciPy's own
+    Cython modules that import them afterwards (its QR update, k-means) must load and agree."""
+    proc = subprocess.run([sys.executable, "-c", SCIPY_AFTER_KERNELS], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok"), proc.stdout
 
 
 @needs_mkl
