@@ -101,7 +101,7 @@ def rnn_backward(ds, s, W, relu, dpre):
     """BPTT through the chunk: ds[t] is dL/ds_t from above; returns dL/ds_0 (initial)."""
     T, B, H = s.shape
     ds_next = np.zeros((B, H), dtype=s.dtype)                      # dL/ds_t via s_{t+1}
-    Wt = W.T
+    Wt = np.ascontiguousarray(W.T)                                 # a transposed operand: 1.4x slower on MKL
     for t in range(T - 1, -1, -1):
         for b in range(B):
             for j in range(H):
@@ -159,7 +159,7 @@ def lstm_backward(dh, c, tc, acts, W, c0, dpre):
     T, B, H = c.shape
     dh_next = np.zeros((B, H), dtype=c.dtype)                      # dL/dh_t via step t+1
     dc_next = np.zeros((B, H), dtype=c.dtype)                      # dL/dc_t via step t+1
-    Wt = W.T
+    Wt = np.ascontiguousarray(W.T)                                 # a transposed operand: 1.4x slower on MKL
     for t in range(T - 1, -1, -1):
         c_prev = c0 if t == 0 else c[t - 1]
         for b in range(B):
@@ -224,7 +224,7 @@ def gru_backward(dh, h, acts, hn, W, h0, dpre, drec):
     T, B, H = h.shape
     dh_next = np.zeros((B, H), dtype=h.dtype)                      # dL/dh_t via step t+1
     dh_direct = np.empty((B, H), dtype=h.dtype)                    # dL/dh_{t-1} through z*h_{t-1}
-    Wt = W.T
+    Wt = np.ascontiguousarray(W.T)                                 # a transposed operand: 1.4x slower on MKL
     for t in range(T - 1, -1, -1):
         h_prev = h0 if t == 0 else h[t - 1]
         for b in range(B):
