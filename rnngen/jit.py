@@ -25,6 +25,9 @@ from contextlib import contextmanager
 # or inf, which divergence detection relies on. nogil: a second lane (rnngen.lanes) works
 # on the output layer or weight gradients while a kernel runs the recurrence.
 LOOP_OPTIONS = {"nogil": True, "error_model": "numpy", "fastmath": {"contract", "arcp", "afn"}}
+# For sums over a row: reassociation lets LLVM keep several partial sums in vector lanes
+# (without it a sum is one add after another). Only for kernels where order is all it changes.
+SUM_OPTIONS = {**LOOP_OPTIONS, "fastmath": LOOP_OPTIONS["fastmath"] | {"reassoc"}}
 
 # The most work a process runs as Python, in time steps x layers x hidden units: interpreted,
 # an LSTM step costs ~6.5 µs per hidden unit, so at most ~0.3 s, under what loading Numba

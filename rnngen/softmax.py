@@ -13,50 +13,55 @@ from __future__ import annotations
 import numpy as np
 
 from .blas import exp_in_place, matmul
-from .kernels import softmax_xent_rows
+from .jit import interpreting
+from .kernels import row_sums, softmax_grad_rows, softmax_xent_rows
 from .lanes import SERIAL, Lanes
 
 
-def _exp_shifted(logits: np.ndarray, targets: np.ndarray, logits_of=None):
-    """In place, logits <- exp(logits - s) per row. Returns (row indices, target logit
-    minus s, row sums): the pieces of a stable log-softmax.
+def _exp_shifted(logits: np.ndarray, targets: np.ndarray, logits_of=None, scale=None):
+    """In place, logits <- exp(logits - s) per row, and with ``scale`` then
+    <- scale * (softmax - onehot(targets)). Returns (target logit minus s, row sums in
+    float64): the pieces of a stable log-softmax.
 
     With ``logits_of`` (rows -> those rows' logits afresh) s is 0 wherever that is exact:
     a language model's logits are far from exp's overflow (88 in float32), and skipping the
     row max saves two of the few passes over the (tokens x vocabulary) matrix. Rows whose
     sum overflowed or came near underflow (or are NaN) are computed again with s = row max.
     """
-    rows = np.arange(len(targets))
+    picked = logits[np.arange(len(targets)), targets]
     if logits_of is None:
         m = logits.max(axis=1)
-        picked = logits[rows, targets] - m
+        picked -= m
         logits -= m[:, None]
-        exp_in_place(logits)
-        return rows, picked, logits.sum(axis=1)
-    picked = logits[rows, targets]
-    exp_in_place(logits)                                     # rows that overflow are redone below
-    z = logits.sum(axis=1)
+    exp_in_place(logits)
+    z = np.empty(len(targets))
     info = np.finfo(logits.dtype)
-    redo = np.flatnonzero(~((z > info.tiny / info.eps) & (z < info.max)))
-    if len(redo):
-        fresh = logits_of(redo)
-        _, picked[redo], z[redo] = _exp_shifted(fresh, targets[redo])
-        logits[redo] = fresh
-    return rows, picked, z
+    lo, hi = info.tiny / info.eps, info.max
+    if scale is not None:
+        softmax_grad_rows(logits, targets, scale, lo, hi, z)    # rows outside (lo, hi) left as they are
+    elif interpreting():
+        np.sum(logits, axis=1, dtype=np.float64, out=z)         # a few rows: NumPy beats a Python loop
+    else:
+        row_sums(logits, z)
+    if logits_of is not None:
+        redo = np.flatnonzero(~((z > lo) & (z < hi)))
+        if len(redo):
+            fresh = logits_of(redo)
+            picked[redo], z[redo] = _exp_shifted(fresh, targets[redo], scale=scale)
+            logits[redo] = fresh
+    return picked, z
 
 
 def softmax_xent_grad(logits: np.ndarray, targets: np.ndarray, scale: float, logits_of=None) -> np.ndarray:
     """Per-row log p[target]; turns ``logits`` in place into scale * (softmax - onehot).
     ``logits_of``: see ``_exp_shifted``."""
-    rows, picked, z = _exp_shifted(logits, targets, logits_of)
-    logits *= (scale / z)[:, None].astype(logits.dtype)
-    logits[rows, targets] -= logits.dtype.type(scale)
+    picked, z = _exp_shifted(logits, targets, logits_of, scale)
     return picked - np.log(z)
 
 
 def log_softmax_pick(logits: np.ndarray, targets: np.ndarray, logits_of=None) -> np.ndarray:
     """log softmax(logits)[i, targets[i]] for each row, computed stably. Destroys logits."""
-    _, picked, z = _exp_shifted(logits, targets, logits_of)
+    picked, z = _exp_shifted(logits, targets, logits_of)
     return picked - np.log(z)
 
 

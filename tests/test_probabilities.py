@@ -99,6 +99,15 @@ def test_unshifted_softmax_recomputes_rows_where_exp_overflows_or_underflows():
     lp = softmax_xent_grad(grad, targets, 0.5, fresh)
     lp_ref = softmax_xent_grad(grad_ref, targets, 0.5)
     assert np.allclose(lp[keep], lp_ref[keep], atol=1e-5) and np.allclose(grad[keep], grad_ref[keep], atol=1e-6)
+    assert np.isnan(lp[5]) and np.isnan(lp_ref[5])
+    shifted = logits[keep].astype(np.float64)
+    shifted -= shifted.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    picked = (np.arange(len(keep)), targets[keep])
+    assert np.allclose(lp[keep], log_p[picked], atol=1e-5)
+    onehot = np.zeros_like(log_p)
+    onehot[picked] = 1.0
+    assert np.allclose(grad[keep], 0.5 * (np.exp(log_p) - onehot), atol=1e-7)      # do = scale (softmax - y)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
