@@ -9,7 +9,9 @@ trains on PTB, and the samples are added up per source line of rnngen (and per f
 Every sample is charged to the innermost frame inside rnngen/ (NumPy calls, BLAS and the
 Numba kernels have no Python frame of their own, so their time lands on the line that calls
 them). Samples are taken with --idle so that time a thread spends waiting inside BLAS is
-counted too: the percentages are of wall-clock time of the training steps.
+counted too: the percentages are of wall-clock time of the training steps, on the thread
+that runs them (the critical path). The lanes' worker thread is not counted: its stacks do
+not pass through the step.
 """
 
 from __future__ import annotations
