@@ -134,9 +134,11 @@ def kernel_products_on_mkl(cython_blas) -> bool:
     before the kernels do. SciPy's OpenBLAS is slow at the recurrence's small products (one
     thread, inside a kernel, best of 7, three runs): an LSTM step's 20 x 200 @ 200 x 800 took
     95-99 µs against MKL's 40-50, its backward twin 20 x 800 @ 800 x 200 107-109 against
-    67-83; 1 x 200 @ 200 x 800 (scoring one stream) 10-12 µs on both. The new capsules keep
-    SciPy's signature names, so SciPy's own Cython modules that import these functions later
-    accept them (same Fortran interface) and call MKL too.
+    67-83. With one row (scoring one stream) Numba calls GEMV instead, left on OpenBLAS: on
+    MKL it took 8.0-10.9 µs against 9.2-9.6 (1 x 200 @ 200 x 800), no gain. The new capsules
+    keep SciPy's signature names, so SciPy's own Cython modules that import these functions
+    later accept them (same Fortran interface) and call MKL too (MKL_VERBOSE shows k-means
+    and the QR update doing so).
     """
     mkl = _mkl()
     capi = getattr(cython_blas, "__pyx_capi__", None)
