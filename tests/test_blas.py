@@ -188,28 +188,33 @@ def test_kernel_products_run_on_mkl_unless_the_kernels_have_threads(tmp_path):
 
 SCIPY_AFTER_KERNELS = r"""
 import numpy as np
-from rnngen import blas, kernels
-kernels.rnn_forward(np.ones((2, 1, 3)), np.eye(3), np.zeros((1, 3)), False, np.empty((2, 1, 3)))   # float64: dgemm
+from rnngen import kernels
+kernels.rnn_forward(np.ones((2, 2, 3)), np.eye(3), np.zeros((2, 3)), False, np.empty((2, 2, 3)))   # float64: dgemm
 from scipy.cluster.vq import vq
-from scipy.linalg import cython_blas, qr, qr_update
-assert cython_blas.__pyx_capi__["dgemm"] is not None
+from scipy.linalg import qr, qr_update
 rng = np.random.default_rng(0)
 a, u, v = rng.standard_normal((6, 6)), rng.standard_normal(6), rng.standard_normal(6)
 q1, r1 = qr_update(*qr(a), u, v)
 assert np.allclose(q1 @ r1, a + np.outer(u, v))
-obs, book = rng.standard_normal((50, 4)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
+obs, book = rng.standard_normal((500, 40)), rng.standard_normal((50, 40))   # large enough for its GEMM path
+print("vq", flush=True)
 codes, _ = vq(obs, book)
+print("end", flush=True)
 assert (codes == ((obs[:, None] - book[None]) ** 2).sum(-1).argmin(1)).all()
-print("ok", blas.product_library())
 """
 
 
-def test_scipy_still_works_after_the_kernels_ran():
+@needs_mkl
+def test_scipy_still_works_after_the_kernels_ran_and_calls_mkl():
     """The kernels' GEMM entries in SciPy's cython_blas table now point at MKL: SciPy's own
-    Cython modules that import them afterwards (its QR update, k-means) must load and agree."""
-    proc = subprocess.run([sys.executable, "-c", SCIPY_AFTER_KERNELS], capture_output=True, text=True, timeout=300)
+    Cython modules that import them afterwards (its QR update, k-means) must load, agree,
+    and call MKL's DGEMM."""
+    proc = subprocess.run([sys.executable, "-c", SCIPY_AFTER_KERNELS], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MKL_VERBOSE": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("ok"), proc.stdout
+    lines = proc.stdout.splitlines()
+    during_vq = lines[lines.index("vq") + 1:lines.index("end")]
+    assert any("DGEMM(" in line for line in during_vq), proc.stdout
 
 
 @needs_mkl
