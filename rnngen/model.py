@@ -19,6 +19,7 @@ from .cells import CELLS, make_cell
 from .errors import RnngenError
 from .kernels import scatter_add_rows
 from .lanes import SERIAL, Lanes
+from .optim import RowGrad
 from .softmax import OUTPUTS, frequency_classes
 
 
@@ -173,6 +174,8 @@ class Model:
 
     def loss_and_grads(self, inputs, targets, state, masks=None, lanes: Lanes = SERIAL):
         """Summed NLL of the chunk, gradients of (summed NLL / batch), and the final state.
+        The embedding's gradient is a :class:`rnngen.optim.RowGrad` (only the chunk's tokens'
+        rows) unless the weights are tied; ``np.asarray`` makes any gradient dense.
 
         ``inputs``/``targets`` are token ids (T, B); ``state`` comes from the previous chunk
         and is treated as a constant (truncated BPTT). ``masks`` are dropout masks from
@@ -196,9 +199,13 @@ class Model:
                 grads.update({f"l{layer}.{k}": v for k, v in lg.items()})
         if masks is not None:
             dx = dx * masks[0]
+        dx = np.ascontiguousarray(dx.reshape(N, -1))
         tied = grads.get("embed")                            # the output layer's share, if tied
-        grads["embed"] = np.zeros_like(p["embed"]) if tied is None else np.ascontiguousarray(tied)
-        scatter_add_rows(grads["embed"], inputs.reshape(-1), np.ascontiguousarray(dx.reshape(N, -1)))
+        if tied is None:
+            grads["embed"] = RowGrad.of_rows(inputs.reshape(-1), dx, p["embed"].shape)   # dE[x_t] += dx_t
+        else:
+            grads["embed"] = np.ascontiguousarray(tied)
+            scatter_add_rows(grads["embed"], inputs.reshape(-1), dx)
         return -float(logp.sum()), {k: grads[k] for k in p}, new_state
 
     def _forward_in_halves(self, inputs, targets, state, masks, lanes: Lanes):

@@ -6,6 +6,7 @@ import pytest
 from rnngen.cells import make_cell
 from rnngen.lanes import SERIAL, Lanes
 from rnngen.model import Model, ModelConfig
+from rnngen.optim import RowGrad
 
 V, T, B = 7, 5, 3
 EPS = 1e-6
@@ -170,3 +171,19 @@ def test_untied_output_weights_and_bias_share_one_array():
     assert _stacked(separate) is None and _stacked(Model(model.config, separate).params) is not None
     tied = Model.init(ModelConfig(vocab_size=V, hidden=4, tie_weights=True), seed=0)
     assert "out.W" not in tied.params
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_embedding_gradient_holds_only_the_chunks_tokens(tied):
+    """Untied, the embedding's gradient is a RowGrad over the chunk's distinct input tokens
+    (the optimiser updates those rows only); tied, the output layer fills every row."""
+    cfg = ModelConfig(vocab_size=V, cell="rnn", hidden=4, tie_weights=tied)
+    model = Model.init(cfg, seed=0, dtype=np.float64)
+    ids = np.array([[1, 3], [3, 5], [1, 2]], dtype=np.int32)
+    _, grads, _ = model.loss_and_grads(ids[:-1], ids[1:], model.zero_state(2))
+    if tied:
+        assert isinstance(grads["embed"], np.ndarray) and np.all(np.abs(grads["embed"]).sum(axis=1) > 0)
+    else:
+        assert isinstance(grads["embed"], RowGrad)
+        np.testing.assert_array_equal(grads["embed"].rows, [1, 3, 5])
+        assert np.all(np.abs(grads["embed"].values).sum(axis=1) > 0)
