@@ -41,15 +41,19 @@ class Cell:
         self.steps(P, x, out, 0, x.shape[0], state0)
         return self.finish(x, out, state0)
 
-    def steps(self, P: dict, x: np.ndarray, out: dict, a: int, b: int, state0: np.ndarray) -> None:
-        """Time steps a..b of a chunk into ``out`` (from :meth:`buffers`): their input projection
-        as one product, then the recurrence. Slices of a chunk run in order, so that the layer
-        above can start on one slice while this layer computes the next."""
+    def project(self, P: dict, x: np.ndarray, a: int, b: int) -> np.ndarray:
+        """The input projection x_t U + b of time steps a..b, as one product: (b-a, B, gates·H)."""
         T, B, n_in = x[a:b].shape
         xproj = matmul(x[a:b].reshape(T * B, n_in), P["W_x"])                       # x U + b
         xproj += P["b"]
-        xproj = xproj.reshape(T, B, -1)
-        self.recur(P, xproj, out, a, b, state0)
+        return xproj.reshape(T, B, -1)
+
+    def steps(self, P: dict, x: np.ndarray, out: dict, a: int, b: int, state0: np.ndarray,
+              xproj: np.ndarray | None = None) -> None:
+        """Time steps a..b of a chunk into ``out`` (from :meth:`buffers`): their input projection
+        (``xproj`` if made ahead by :meth:`project`), then the recurrence. Slices of a chunk run
+        in order, so that the layer above can start on one slice while this layer computes the next."""
+        self.recur(P, self.project(P, x, a, b) if xproj is None else xproj, out, a, b, state0)
 
     def backward(self, P: dict, fcache, dh: np.ndarray, state0: np.ndarray, lanes: Lanes = SERIAL):
         """Truncated BPTT over the chunk. Returns (dL/dx, parameter gradients, dL/dstate0).

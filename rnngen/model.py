@@ -212,8 +212,11 @@ class Model:
         """The forward pass and the output layer of a training step on two lanes, the chunk's
         time steps in two halves: the worker runs layer l+1 on the first half while this
         thread runs layer l on the second, then the output layer of the first half while this
-        thread finishes the top layer and does the output layer of the second half. Returns
-        (caches, final state, what output.loss_grad_rows' result returns)."""
+        thread finishes the top layer and does the output layer of the second half. The input
+        projections of the second halves are made ahead, where a thread would otherwise wait:
+        layer 0's by the worker while this thread runs layer 0's first half, layer l+1's by
+        this thread once it has run layer l. Returns (caches, final state, what
+        output.loss_grad_rows' result returns)."""
         T, B = inputs.shape
         L, half = self.config.layers, T // 2
         params = [self.layer_params(layer) for layer in range(L)]
@@ -223,16 +226,23 @@ class Model:
             xs[0] *= masks[0]
         xs += [out["h"] if masks is None else np.empty_like(out["h"]) for out in outs]
         rows, result = self.output.loss_grad_rows(self.params, xs[L].reshape(T * B, -1), targets.reshape(-1), 1.0 / B)
+        ahead = {}                                                 # layer -> its second half's x U + b
+
+        def project_second_half(k):
+            ahead[k] = self.cell.project(params[k], xs[k], half, T)
 
         def layer(k, a, b):
-            self.cell.steps(params[k], xs[k], outs[k], a, b, state[k])
+            self.cell.steps(params[k], xs[k], outs[k], a, b, state[k], ahead.pop(k) if a == half else None)
             if masks is not None:
                 np.multiply(outs[k]["h"][a:b], masks[k + 1][a:b], out=xs[k + 1][a:b])
 
+        lanes.submit(project_second_half, 0)
         layer(0, 0, half)
+        lanes.drain()
         for k in range(L - 1):
             lanes.submit(layer, k + 1, 0, half)
             layer(k, half, T)
+            project_second_half(k + 1)
             lanes.drain()
         lanes.submit(rows, 0, half * B)
         layer(L - 1, half, T)
