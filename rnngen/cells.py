@@ -65,20 +65,21 @@ class Cell:
         dpre, drec, dstate0, grads = self.recur_backward(P, cache, h, dh, state0)
         dpre2, drec2 = dpre.reshape(N, -1), drec.reshape(N, -1)
         grads.update({k: np.empty_like(P[k]) for k in ("W_x", "W_h", "b")})
-        lanes.submit(_input_weight_grads, x.reshape(N, n_in), dpre2, grads)
-        lanes.submit(_recurrent_weight_grad, state0[0], h, drec2, grads)
+        h_prev = np.concatenate((state0[0][None], h[:-1])).reshape(N, -1)
+        for cols in lanes.split(dpre2.shape[1]):        # in one piece per lane: smaller tasks at the step's end
+            lanes.submit(_input_weight_grads, x.reshape(N, n_in), dpre2, grads, slice(*cols))
+            lanes.submit(_recurrent_weight_grad, h_prev, drec2, grads, slice(*cols))
         dx = matmul(dpre2, P["W_x"].T).reshape(T, B, n_in)
         return dx, grads, dstate0
 
 
-def _input_weight_grads(x2, dpre2, grads) -> None:
-    matmul(x2.T, dpre2, out=grads["W_x"])                                # dU = x^T dpre
-    np.sum(dpre2, axis=0, out=grads["b"])
+def _input_weight_grads(x2, dpre2, grads, cols: slice) -> None:
+    matmul(x2.T, dpre2[:, cols], out=grads["W_x"][:, cols])              # dU = x^T dpre
+    np.sum(dpre2[:, cols], axis=0, out=grads["b"][cols])
 
 
-def _recurrent_weight_grad(h0, h, drec2, grads) -> None:
-    h_prev = np.concatenate((h0[None], h[:-1])).reshape(len(drec2), -1)
-    matmul(h_prev.T, drec2, out=grads["W_h"])                            # dW = h_{t-1}^T drec
+def _recurrent_weight_grad(h_prev, drec2, grads, cols: slice) -> None:
+    matmul(h_prev.T, drec2[:, cols], out=grads["W_h"][:, cols])          # dW = h_{t-1}^T drec
 
 
 class RNNCell(Cell):
