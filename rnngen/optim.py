@@ -116,19 +116,25 @@ def _flat(a: np.ndarray, part: slice) -> np.ndarray:
     return a.reshape(-1)[part]
 
 
+def _norm_pieces(g: np.ndarray | RowGrad, lanes: Lanes) -> list[np.ndarray]:
+    """What global_norm sums for one gradient: a RowGrad's values, or the array (in one piece
+    per lane if big)."""
+    if isinstance(g, RowGrad):
+        return [g.values]
+    return [_flat(g, part) for part in _pieces(g.size, lanes)]
+
+
 def global_norm(grads: dict[str, np.ndarray | RowGrad], lanes: Lanes = SERIAL) -> float:
     """Joint L2 norm of all gradients (inf or nan when any entry is); one task per array (or
     per piece of a big one) on ``lanes``, added up in a fixed order."""
-    tasks = [(name, g.values.reshape(-1) if isinstance(g, RowGrad) else _flat(g, part))
-             for name, g in grads.items()
-             for part in ([slice(None)] if isinstance(g, RowGrad) else _pieces(g.size, lanes))]
-    squares = [0.0] * len(tasks)
+    pieces = [piece for g in grads.values() for piece in _norm_pieces(g, lanes)]
+    squares = [0.0] * len(pieces)
 
     def add(k):
-        squares[k] = _sum_squares(tasks[k][1])
+        squares[k] = _sum_squares(pieces[k])
 
     with lanes:
-        for k in range(len(tasks)):
+        for k in range(len(pieces)):
             lanes.submit(add, k)
     return math.sqrt(sum(squares))
 

@@ -86,3 +86,16 @@ def test_report_of_a_missing_file_is_one_line_and_exit_1(script, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"bench: cannot read {tmp_path / 'none.json'}: "
                                                 f"[Errno 2] No such file or directory: '{tmp_path / 'none.json'}'"]
+
+
+def test_lane_timeline_clocks_both_threads(capsys):
+    """bench/lane_timeline.py wraps rnngen's lane internals: if they are renamed it must fail
+    here, not print an empty timeline."""
+    import lane_timeline
+
+    assert lane_timeline.main(["--ptb", str(CORPUS), "--hidden", "8", "--warmup", "1", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens/s over 2 steps" in out
+    for what in ("worker  output rows", "caller  output rows", "caller  recurrence", "worker  matmul"):
+        assert what in out, what
+    assert "\nstep 3:" in out
