@@ -159,7 +159,7 @@ def lstm_step_backward(dh_above, dh_next, a, tc, c_prev, dc, d):
     dL/dc_t via step t+1 (updated in place to dL/dc_{t-1}), the gate gradients
     ``d`` = [di, df, dg, do] = dL/da for a = [a_i, a_f, a_g, a_o]."""
     H = len(tc)
-    one = tc.dtype.type(1.0)                                       # not 1.0: float64 arithmetic, 1.9x slower
+    one = tc.dtype.type(1.0)                                       # not 1.0: float64 arithmetic
     i, f, g, o = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
     di, df, dg, do = d[:H], d[H:2 * H], d[2 * H:3 * H], d[3 * H:]
     for j in range(H):
