@@ -99,3 +99,17 @@ def test_lane_timeline_clocks_both_threads(capsys):
     for what in ("worker  output rows", "caller  output rows", "caller  recurrence", "worker  matmul"):
         assert what in out, what
     assert "\nstep 3:" in out
+
+
+def test_ab_compares_two_trees_in_turns(tmp_path, capsys):
+    """bench/ab.py on the same tree twice: one line with both rates and the ratio; a folder
+    that is not a checkout is refused in one line."""
+    import ab
+
+    assert ab.main([str(ROOT), str(ROOT), "--ptb", str(CORPUS), "--rounds", "2", "--block-seconds", "0.3",
+                    "--threads", "1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("RNN(tanh) 1x200") and "new / old median" in line and "\n" not in line
+    assert ab.main([str(tmp_path), str(ROOT), "--ptb", str(CORPUS)]) == 1
+    refused = capsys.readouterr().out.strip()
+    assert refused == f"ab: {tmp_path} is not an rnngen checkout (no rnngen/ and bench/rnngen_lm.py)"
