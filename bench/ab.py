@@ -14,25 +14,14 @@ few seconds apart see about the same machine, processes a minute apart do not
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import PTB_DIR, thread_env
-from paired import block, spread, stop
+from common import PTB_DIR
+from paired import block, spread, start_side, stop
 from run import CONFIGS, prepare
-
-
-def start(tree: Path, cfg: dict, phase: str, threads: int, data: Path) -> subprocess.Popen:
-    env = thread_env(threads)
-    env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, str(tree / "bench" / "rnngen_lm.py"), "--data", str(data), "--cell", cfg["cell"],
-           "--hidden", str(cfg["hidden"]), "--layers", str(cfg["layers"]), "--embed", str(cfg["embed"]),
-           "--lr", str(cfg["lr"]), "--threads", str(threads), "--serve", phase]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
 
 def main(argv=None) -> int:
@@ -57,15 +46,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "ids.npz"
         prepare(args.ptb / "train.txt", args.ptb / "valid.txt", data)
-        procs = {"old": start(args.old.resolve(), cfg, args.phase, args.threads, data),
-                 "new": start(args.new.resolve(), cfg, args.phase, args.threads, data)}
-        for proc in procs.values():
-            block(proc, 1.0)                                    # warm-up: kernels loaded, pools started
+        procs = {side: start_side("rnngen", cfg, args.phase, args.threads, data, tree.resolve())
+                 for side, tree in (("old", args.old), ("new", args.new))}
         rates: dict[str, list[float]] = {"old": [], "new": []}
-        for r in range(args.rounds):
-            for side in ("old", "new") if r % 2 == 0 else ("new", "old"):
-                rates[side].append(block(procs[side], args.block_seconds)["rate"])
-        stop(procs.values())
+        try:
+            for proc in procs.values():
+                block(proc, 1.0)                                # warm-up: kernels loaded, pools started
+            for r in range(args.rounds):
+                for side in ("old", "new") if r % 2 == 0 else ("new", "old"):
+                    rates[side].append(block(procs[side], args.block_seconds)["rate"])
+        finally:
+            stop(procs.values())                                # also when one of them failed
     ratios = spread([new / old for old, new in zip(rates["old"], rates["new"])])
     print(f"{cfg['label']}, {args.phase}, {args.threads} thread(s), {args.rounds} rounds of {args.block_seconds:g} s: "
           f"old {statistics.median(rates['old']):,.0f}, new {statistics.median(rates['new']):,.0f} tokens/s; "

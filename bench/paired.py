@@ -21,7 +21,9 @@ Results go to bench/results/paired-<UTC time>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -46,15 +48,23 @@ SIDES = ("rnngen", "torch")
 PEAK_LIBS = ("numpy", "torch")
 
 
-def start(cmd: list[str], threads: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *cmd], env=thread_env(threads), stdin=subprocess.PIPE,
+def start(cmd: list[str], threads: int, tree: Path | None = None) -> subprocess.Popen:
+    """``python cmd`` with every thread count set to ``threads``; with ``tree`` (a checkout
+    of the repository), importing that tree's rnngen."""
+    env = thread_env(threads)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
+    return subprocess.Popen([sys.executable, *cmd], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, bufsize=1)
 
 
-def start_side(side: str, cfg: dict, phase: str, threads: int, data: Path) -> subprocess.Popen:
-    return start([str(BENCH_DIR / f"{side}_lm.py"), "--data", str(data), "--cell", cfg["cell"],
+def start_side(side: str, cfg: dict, phase: str, threads: int, data: Path,
+               tree: Path | None = None) -> subprocess.Popen:
+    """A --serve worker of ``side`` (rnngen or torch); ``tree``: another checkout to run it from."""
+    bench = BENCH_DIR if tree is None else tree / "bench"
+    return start([str(bench / f"{side}_lm.py"), "--data", str(data), "--cell", cfg["cell"],
                   "--hidden", str(cfg["hidden"]), "--layers", str(cfg["layers"]), "--embed", str(cfg["embed"]),
-                  "--lr", str(cfg["lr"]), "--threads", str(threads), "--serve", phase], threads)
+                  "--lr", str(cfg["lr"]), "--threads", str(threads), "--serve", phase], threads, tree)
 
 
 def start_peak(lib: str, threads: int) -> subprocess.Popen:
@@ -65,16 +75,21 @@ def start_peak(lib: str, threads: int) -> subprocess.Popen:
 def block(proc: subprocess.Popen, seconds: float) -> dict:
     """One timed block on a worker: what it did, as it reports it."""
     time.sleep(0.2)                                             # the previous worker's pools go idle
-    proc.stdin.write(f"{seconds}\n")
-    line = proc.stdout.readline()
+    try:
+        proc.stdin.write(f"{seconds}\n")
+        line = proc.stdout.readline()
+    except BrokenPipeError:                                     # it had stopped before the request
+        line = ""
     if not line:
         raise SystemExit(f"bench: a worker stopped (exit code {proc.wait()})")
     return json.loads(line)
 
 
 def stop(procs) -> None:
+    """End the workers' input and wait for them (those that stopped already included)."""
     for proc in procs:
-        proc.stdin.close()
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
         proc.wait()
 
 

@@ -113,3 +113,16 @@ def test_ab_compares_two_trees_in_turns(tmp_path, capsys):
     assert ab.main([str(tmp_path), str(ROOT), "--ptb", str(CORPUS)]) == 1
     refused = capsys.readouterr().out.strip()
     assert refused == f"ab: {tmp_path} is not an rnngen checkout (no rnngen/ and bench/rnngen_lm.py)"
+
+
+def test_ab_runs_each_side_from_its_own_tree(tmp_path):
+    """The old side imports the old tree's rnngen, not the installed one: a tree whose rnngen
+    cannot be imported stops the run with bench's one-line message."""
+    import ab
+
+    (tmp_path / "rnngen").mkdir()
+    (tmp_path / "rnngen" / "__init__.py").write_text("raise ImportError('the old tree')\n")
+    (tmp_path / "bench").symlink_to(BENCH)
+    with pytest.raises(SystemExit, match="a worker stopped"):
+        ab.main([str(tmp_path), str(ROOT), "--ptb", str(CORPUS), "--rounds", "1", "--block-seconds", "0.3",
+                 "--threads", "1"])
