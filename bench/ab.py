@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import PTB_DIR
 from paired import block, spread, start_side, stop
-from run import CONFIGS, prepare
+from run import CONFIGS, prepare, ptb_missing
 
 
 def main(argv=None) -> int:
@@ -39,8 +39,8 @@ def main(argv=None) -> int:
         if not (tree / "rnngen" / "__init__.py").exists() or not (tree / "bench" / "rnngen_lm.py").exists():
             print(f"ab: {tree} is not an rnngen checkout (no rnngen/ and bench/rnngen_lm.py)")
             return 1
-    if not (args.ptb / "train.txt").exists():
-        print(f"ab: skipped: {args.ptb / 'train.txt'} not found")
+    if ptb_missing(args.ptb):
+        print(f"ab: skipped: {ptb_missing(args.ptb)}")
         return 0
     cfg = CONFIGS[args.config]
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from common import PTB_DIR, set_thread_env
+from run import prepare, ptb_missing
 
 BATCH, BPTT = 20, 35                       # as bench/run.py's configurations
 
@@ -35,13 +36,12 @@ def main(argv=None) -> int:
     ap.add_argument("--show", type=int, default=1, help="steps whose timeline is printed")
     ap.add_argument("--ptb", type=Path, default=PTB_DIR)
     args = ap.parse_args(argv)
-    if not (args.ptb / "train.txt").exists():
-        print(f"lane_timeline: skipped: {args.ptb / 'train.txt'} not found")
+    if ptb_missing(args.ptb):
+        print(f"lane_timeline: skipped: {ptb_missing(args.ptb)}")
         return 0
     set_thread_env(2)                      # as bench/rnngen_lm.py --threads 2; the lanes then set BLAS to 1
 
     from common import load_data
-    from run import prepare
 
     from rnngen import blas, cells, lanes, softmax
     from rnngen.model import Model, ModelConfig

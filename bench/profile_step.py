@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from common import BENCH_DIR, PTB_DIR, RESULTS_DIR, ROOT, thread_env, write_json
+from run import prepare, ptb_missing
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 
@@ -94,10 +95,9 @@ def main(argv=None) -> int:
     if not Path(py_spy).exists():
         print("profile: py-spy not found (pip install py-spy)")
         return 1
-    if not (args.ptb / "train.txt").exists():
-        print(f"profile: skipped: {args.ptb / 'train.txt'} not found")
+    if ptb_missing(args.ptb):
+        print(f"profile: skipped: {ptb_missing(args.ptb)}")
         return 0
-    from run import prepare
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     data = RESULTS_DIR / "profile-ptb.npz"

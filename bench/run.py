@@ -61,11 +61,19 @@ def read_results(path: Path) -> dict:
         raise SystemExit(f"bench: cannot read {path}: {e}") from None
 
 
-def missing_requirement(ptb: Path) -> str | None:
-    """Why the side-by-side benchmark cannot run here (no PTB, no torch), or None."""
+def ptb_missing(ptb: Path) -> str | None:
+    """Why the PTB files in ``ptb`` cannot be used (not there), or None."""
     train_path, valid_path = ptb / "train.txt", ptb / "valid.txt"
     if not train_path.exists() or not valid_path.exists():
         return f"Penn Treebank not found ({train_path} and {valid_path} are needed)"
+    return None
+
+
+def missing_requirement(ptb: Path) -> str | None:
+    """Why the side-by-side benchmark cannot run here (no PTB, no torch), or None."""
+    missing = ptb_missing(ptb)
+    if missing:
+        return missing
     try:
         import torch  # noqa: F401
     except ImportError:

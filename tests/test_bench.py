@@ -126,3 +126,15 @@ def test_ab_runs_each_side_from_its_own_tree(tmp_path):
     with pytest.raises(SystemExit, match="a worker stopped"):
         ab.main([str(tmp_path), str(ROOT), "--ptb", str(CORPUS), "--rounds", "1", "--block-seconds", "0.3",
                  "--threads", "1"])
+
+
+@pytest.mark.parametrize("tool", ["ab", "lane_timeline"])
+def test_tools_skip_in_one_line_without_both_ptb_files(tool, tmp_path, capsys):
+    """A folder with train.txt but no valid.txt: skipped with the reason, not a traceback."""
+    import importlib
+
+    (tmp_path / "train.txt").write_text("a b c\n")
+    args = [str(ROOT), str(ROOT)] if tool == "ab" else []
+    assert importlib.import_module(tool).main([*args, "--ptb", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == (f"{tool}: skipped: Penn Treebank not found ({tmp_path / 'train.txt'} "
+                                               f"and {tmp_path / 'valid.txt'} are needed)")
