@@ -49,6 +49,11 @@ _MKL_LP64, _MKL_SEQUENTIAL = 0, 1
 _VML_LA, _VML_ERRMODE_IGNORE = 0x1, 0x100
 # Fewest values for which exp_in_place calls MKL (smaller: NumPy's exp is faster).
 VML_MIN_SIZE = 16_384
+# cblas_sgemm_pack's code for the operand it packs (B), and sgemm_compute's for "packed".
+_B_MATRIX, _PACKED = 162, 151
+# The rows of A that Packed tells MKL to expect; any other count works with the same copy
+# (products of 7-350 rows matched sgemm's to the bit).
+_PACK_ROWS = 256
 # What Numba's np.dot of two matrices calls inside the kernels: float32 and float64 GEMM.
 _KERNEL_GEMMS = ("sgemm", "dgemm")
 
@@ -183,6 +188,7 @@ def _mkl():
                         or lib.MKL_Set_Threading_Layer(_MKL_SEQUENTIAL) != _MKL_SEQUENTIAL):
                     continue
                 sgemm, exp = lib.cblas_sgemm, lib.vmsExp
+                pack_size, pack, compute = lib.cblas_sgemm_pack_get_size, lib.cblas_sgemm_pack, lib.cblas_sgemm_compute
                 gemm = {name: ctypes.cast(getattr(lib, name + "_"), ctypes.c_void_p).value for name in _KERNEL_GEMMS}
             except (OSError, AttributeError):
                 continue
@@ -191,7 +197,13 @@ def _mkl():
             sgemm.argtypes = [c_int, c_int, c_int, c_int, c_int, c_int, c_float, pointer, c_int, pointer, c_int,
                               c_float, pointer, c_int]
             exp.argtypes = [c_int, pointer, pointer, ctypes.c_longlong]
-            return types.SimpleNamespace(sgemm=sgemm, exp=exp, gemm=gemm)
+            pack_size.restype, pack.restype, compute.restype = ctypes.c_size_t, None, None
+            pack_size.argtypes = [c_int, c_int, c_int, c_int]
+            pack.argtypes = [c_int, c_int, c_int, c_int, c_int, c_int, c_float, pointer, c_int, pointer]
+            compute.argtypes = [c_int, c_int, c_int, c_int, c_int, c_int, pointer, c_int, pointer, c_int, c_float,
+                                pointer, c_int]
+            return types.SimpleNamespace(sgemm=sgemm, exp=exp, gemm=gemm, pack_size=pack_size, pack=pack,
+                                         compute=compute)
     return None
 
 
@@ -257,6 +269,58 @@ def matmul(a, b, out=None):
     mkl.sgemm(_ROW_MAJOR, how_a[0], how_b[0], m, n, k, 1.0, a.ctypes.data, how_a[1], b.ctypes.data, how_b[1],
               0.0, out.ctypes.data, out.strides[0] // 4)
     return out
+
+
+class Packed:
+    """The right operand ``b`` of many products ``a @ b``, copied once into MKL's internal
+    GEMM layout (``cblas_sgemm_pack``), so that each product skips that copy: the output
+    layer's weights, used by every row piece of a training step or a scoring job. One
+    thread, 201 x 10,001 float32 (the stacked output layer): 350 rows 12.9 -> 12.0 ms,
+    256 rows 9.7 -> 8.6, 175 rows 7.1 -> 5.7; packing costs 0.8-0.9 ms. With ``b`` as stored
+    the products of two rows or more are sgemm's to the bit (sgemm does one row as a GEMV,
+    whose sums differ in rounding, as they do with ``b`` a transposed view). Without MKL, or
+    when :func:`matmul` would not use it, :meth:`matmul` is :func:`matmul` with ``b``. ``b``
+    must not change while this is in use.
+    """
+
+    def __init__(self, b, reuse: Packed | None = None):
+        """Packs ``b``; into ``reuse``'s buffer when it is large enough (``reuse`` is then
+        no longer valid), which saves first touching a new one (~30 MB for the output layer)."""
+        import numpy as np
+
+        self.b, self._buffer = b, None
+        mkl = _mkl() if _numpy_single_threaded() else None
+        how = _sgemm_operand(b) if b.dtype == np.float32 and b.ndim == 2 else None
+        if mkl is None or how is None or 0 in b.shape:
+            return
+        (k, n), align = b.shape, 64
+        size = int(mkl.pack_size(_B_MATRIX, _PACK_ROWS, n, k))
+        old = reuse._buffer if reuse is not None else None
+        store = old if old is not None and old.nbytes >= size else np.empty(size + align, dtype=np.uint8)
+        start = -store.ctypes.data % align
+        buffer = store[start:start + size]
+        mkl.pack(_ROW_MAJOR, _B_MATRIX, how[0], _PACK_ROWS, n, k, 1.0, b.ctypes.data, how[1], buffer.ctypes.data)
+        self._buffer, self._store, self._mkl = buffer, store, mkl
+        if reuse is not None:
+            reuse._buffer = None
+
+    def matmul(self, a, out=None):
+        """``a @ b`` into ``out`` (as :func:`matmul`)."""
+        import numpy as np
+
+        (k, n), buffer = self.b.shape, self._buffer
+        how_a = _sgemm_operand(a) if a.dtype == np.float32 and a.ndim == 2 else None
+        if buffer is None or how_a is None or a.shape[1] != k or 0 in a.shape:
+            return matmul(a, self.b, out)
+        m = a.shape[0]
+        if out is None:
+            out = np.empty((m, n), dtype=np.float32)
+        if (out.dtype != np.float32 or out.shape != (m, n) or out.strides[1] != 4 or out.strides[0] % 4
+                or out.strides[0] // 4 < n or np.may_share_memory(out, a) or np.may_share_memory(out, self.b)):
+            return matmul(a, self.b, out)
+        self._mkl.compute(_ROW_MAJOR, how_a[0], _PACKED, m, n, k, a.ctypes.data, how_a[1], buffer.ctypes.data, n,
+                          0.0, out.ctypes.data, out.strides[0] // 4)
+        return out
 
 
 def _numpy_single_threaded() -> bool:

@@ -70,19 +70,26 @@ needs_mkl = pytest.mark.skipif(blas.product_library() != "mkl", reason="MKL (the
 @pytest.fixture
 def mkl_calls(monkeypatch):
     """NumPy's BLAS on one thread (as in a lane), and what MKL ran: ``.sgemm`` lists each
-    product's (m, n, k), ``.exp`` each exp's length."""
-    real, calls = blas._mkl(), types.SimpleNamespace(sgemm=[], exp=[])
+    product's (m, n, k), ``.packed`` each product's with a packed operand (blas.Packed),
+    ``.exp`` each exp's length."""
+    real, calls = blas._mkl(), types.SimpleNamespace(sgemm=[], packed=[], exp=[])
 
     def sgemm(*args):
         calls.sgemm.append(args[3:6])
         return real.sgemm(*args)
+
+    def compute(*args):
+        calls.packed.append(args[3:6])
+        return real.compute(*args)
 
     def exp(n, *rest):
         calls.exp.append(n)
         return real.exp(n, *rest)
 
     monkeypatch.setattr(blas, "_numpy_threads", 1)
-    monkeypatch.setattr(blas, "_mkl", lambda: types.SimpleNamespace(sgemm=sgemm, exp=exp, gemm=real.gemm))
+    monkeypatch.setattr(blas, "_mkl", lambda: types.SimpleNamespace(sgemm=sgemm, exp=exp, gemm=real.gemm,
+                                                                     pack_size=real.pack_size, pack=real.pack,
+                                                                     compute=compute))
     return calls
 
 
@@ -258,6 +265,83 @@ def test_a_training_step_on_two_lanes_agrees_with_and_without_mkl(mkl_calls, mon
     assert grads.keys() == grads0.keys()
     for name in grads:
         np.testing.assert_allclose(grads[name], grads0[name], rtol=1e-3, atol=1e-6, err_msg=name)
+
+
+@needs_mkl
+@pytest.mark.parametrize("layout_b", ["stored", "transposed", "slice"])
+def test_products_with_a_packed_operand_match_sgemm(mkl_calls, layout_b):
+    rng = np.random.default_rng(6)
+    b = _layouts(rng, 53, 29)[layout_b]
+    packed = blas.Packed(b)
+    for rows in (1, 7, 37, 300):
+        for layout_a, a in _layouts(rng, rows, 53).items():
+            expected = blas.matmul(a, b)
+            wide = np.full((rows, 40), 5.0, dtype=np.float32)
+            got = packed.matmul(a, out=wide[:, 6:35])
+            assert mkl_calls.packed[-1] == (rows, 29, 53)
+            assert (wide[:, :6] == 5).all() and (wide[:, 35:] == 5).all()
+            if layout_b == "stored" and rows > 1:         # the same sums as sgemm's (one row: its GEMV's differ)
+                np.testing.assert_array_equal(got, expected, err_msg=layout_a)
+            else:
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=layout_a)
+
+
+@needs_mkl
+@pytest.mark.parametrize("case", ["float64", "no mkl", "threaded", "reused", "wrong shape"])
+def test_packed_operands_mkl_cannot_take_go_to_matmul(mkl_calls, monkeypatch, case):
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((12, 20)).astype(np.float32)
+    b = rng.standard_normal((20, 9)).astype(np.float32)
+    if case == "float64":
+        a, b = a.astype(np.float64), b.astype(np.float64)
+    elif case == "no mkl":
+        monkeypatch.setattr(blas, "_mkl", lambda: None)
+    elif case == "threaded":
+        monkeypatch.setattr(blas, "_numpy_threads", 2)
+    packed = blas.Packed(b)
+    if case == "reused":
+        other = rng.standard_normal((20, 9)).astype(np.float32)
+        again = blas.Packed(other, reuse=packed)          # takes packed's buffer: packed is now plain b
+        np.testing.assert_allclose(again.matmul(a), a @ other, rtol=1e-5, atol=1e-5)
+        mkl_calls.packed.clear()
+    if case == "wrong shape":
+        with pytest.raises(ValueError):
+            packed.matmul(a[:, :7])
+        return
+    np.testing.assert_allclose(packed.matmul(a), a @ b, rtol=1e-5, atol=1e-5)
+    assert mkl_calls.packed == []
+
+
+@needs_mkl
+def test_scoring_packs_the_output_weights_once_per_job_and_never_keeps_stale_ones(mkl_calls, monkeypatch):
+    """Log-probabilities with the packed weights are those without, to the bit; weights changed
+    between two jobs (training between validations) are packed again."""
+    from rnngen import score
+
+    model = Model.init(ModelConfig(vocab_size=300, cell="rnn", hidden=48), seed=5)
+    ids = np.random.default_rng(8).integers(1, 300, 700)
+    monkeypatch.setattr(score, "PACK_MIN_ROWS", 100)
+    packs = []
+    real_init = blas.Packed.__init__
+
+    def counted_init(self, *args, **kwargs):
+        packs.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(blas.Packed, "__init__", counted_init)
+    for _ in range(2):
+        with blas.numpy_threads(1):
+            packed = score.stream_logprob(model, ids)
+        assert len(packs) == 1 and len(mkl_calls.packed) > 1    # one pack, many products with it
+        monkeypatch.setattr(score, "PACK_MIN_ROWS", 10 ** 9)
+        mkl_calls.packed.clear()
+        with blas.numpy_threads(1):
+            plain = score.stream_logprob(model, ids)
+        assert mkl_calls.packed == []
+        assert packed == plain
+        model.params["out.W"] += 0.5                             # in place, as an optimiser does
+        monkeypatch.setattr(score, "PACK_MIN_ROWS", 100)
+        packs.clear()
 
 
 @needs_mkl
