@@ -98,10 +98,10 @@ def main(argv=None) -> dict:
             sum(len(line) + 1 for line in lines))
 
     # --- sampling from a freshly initialised model (near-uniform: lines run full length) --
-    blas.use_threads(args.threads, "sample", args.hidden, model.cell.gates)     # as `rnngen sample` does
     fresh = Model.init(config, seed=args.seed)
     result["sample"] = {}
     for n in args.sample_n:
+        blas.use_threads(args.threads, "sample", args.hidden, model.cell.gates, n)   # as `rnngen sample --n N` does
         sample(fresh, vocab, n=n, max_length=5, seed=0)                    # warm-up
         result["sample"][str(n)] = timed_sampling(
             lambda seed, n=n: sample(fresh, vocab, n=n, max_length=args.sample_length, seed=seed),

@@ -383,11 +383,14 @@ def give_threads(threads: int, to_kernels: bool) -> None:
         _set("scipy", _kernel_threads)
 
 
-def use_threads(count: int, job: str, hidden: int, gates: int) -> None:
+def use_threads(count: int, job: str, hidden: int, gates: int, lines: int = 1) -> None:
     """Give ``count`` threads to the pool that does ``job``'s heavy products ("train",
-    "score" or "sample"): the kernels' when sampling (every product of the sampler runs in
-    its kernel) or when the recurrent weights outgrow a core's cache; NumPy's otherwise."""
-    give_threads(count, job == "sample" or (job == "score" and recurrence_outgrows_cache(hidden, gates)))
+    "score" or "sample" of ``lines`` lines): the kernels' when sampling one line (every
+    product of the sampler runs in its kernel) or scoring with recurrent weights that outgrow
+    a core's cache; NumPy's otherwise (sampling more lines then splits them over lanes, each
+    kernel with its BLAS on one thread: :func:`rnngen.sample.sample_blocks`)."""
+    give_threads(count, (job == "sample" and lines < 2)
+                 or (job == "score" and recurrence_outgrows_cache(hidden, gates)))
 
 
 def l2_cache_bytes(folder: str = "/sys/devices/system/cpu/cpu0/cache") -> int:

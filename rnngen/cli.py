@@ -26,15 +26,15 @@ def threads_option(f):
                              "small ones).")(f)
 
 
-def _load_for_use(path: str, threads: int, job: str):
-    """Load a checkpoint for ``job`` ("score" or "sample") and give the BLAS threads to the
-    pool that does its heavy products (:func:`blas.use_threads`)."""
+def _load_for_use(path: str, threads: int, job: str, lines: int = 1):
+    """Load a checkpoint for ``job`` ("score", or "sample" of ``lines`` lines) and give the BLAS
+    threads to the pool that does its heavy products (:func:`blas.use_threads`)."""
     from . import blas, jit
 
     ckpt = _load(path, training_state=False)
     cfg = ckpt.model.config
     blas.use_threads(threads or blas.auto_threads(cfg.hidden, cfg.vocab_size), job, cfg.hidden,
-                     ckpt.model.cell.gates)
+                     ckpt.model.cell.gates, lines)
     jit.before_compile(_announce_compiling)
     return ckpt
 
@@ -253,7 +253,7 @@ def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed, th
     from .textio import decode_arg
 
     prime = decode_arg(prime, "--prime")
-    ckpt = _load_for_use(model_path, threads, "sample")
+    ckpt = _load_for_use(model_path, threads, "sample", n)
     if top_k is not None and top_k > len(ckpt.vocab):
         raise click.BadParameter(f"{top_k} is more than the vocabulary's {len(ckpt.vocab)} tokens.",
                                  ctx=click.get_current_context(), param_hint="'--top-k'")

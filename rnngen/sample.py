@@ -6,8 +6,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from . import blas
 from .errors import RnngenError
 from .kernels import GRU, LSTM, RNN, sample_lines
+from .lanes import SERIAL, Lanes
+from .lanes import shared as shared_lanes
 from .model import Model
 from .vocab import Vocab
 
@@ -27,7 +30,12 @@ def sample(model: Model, vocab: Vocab, n: int = 10, temperature: float = 1.0, to
 def sample_blocks(model: Model, vocab: Vocab, n: int = 10, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, prime: str = "", max_length: int = 100,
                   seed: int | None = None) -> Iterator[list[str]]:
-    """Like :func:`sample`, yielding the lines block by block (``BLOCK`` lines at a time)."""
+    """Like :func:`sample`, yielding the lines block by block (``BLOCK`` lines at a time).
+
+    With NumPy's BLAS on several threads (``rnngen sample --n N``, N > 1, on several cores:
+    :func:`rnngen.blas.use_threads`), each block's lines are split over that many lanes, one
+    sampling kernel per lane with its BLAS on one thread: 100 PTB lines on 2 threads came out
+    1.8x as fast so as with the kernel's products split over the threads."""
     if n < 0:
         raise RnngenError("--n must be at least 0")
     if not temperature >= 0:
@@ -49,23 +57,34 @@ def sample_blocks(model: Model, vocab: Vocab, n: int = 10, temperature: float = 
     if len(feed) > 1:
         _, _, primed = model.hidden_forward(np.asarray(feed[:-1], dtype=np.int32)[:, None], primed)
     sep = " " if vocab.unit == "word" else ""
+    threads = blas.thread_count()
+    lanes = shared_lanes(threads) if threads > 1 else SERIAL
     for start in range(0, n, BLOCK):
-        block = _sample_block(model, primed, feed[-1], min(BLOCK, n - start), vocab.eos,
-                              float(temperature), int(top_k), float(top_p), max_length, rng)
+        uniforms = rng.random((min(BLOCK, n - start), max_length))      # line i draws with row i
+        block = _sample_block(model, primed, feed[-1], uniforms, vocab.eos,
+                              float(temperature), int(top_k), float(top_p), lanes)
         texts = [vocab.decode(ids) for ids in block]
         yield [sep.join(part for part in (prime, text) if part) if prime else text for text in texts]
 
 
-def _sample_block(model, primed, first, m, eos, temperature, top_k, top_p, max_length, rng):
-    """Token ids of ``m`` lines (without <eos>), generated in one call of the sampling kernel."""
+def _sample_block(model, primed, first, uniforms, eos, temperature, top_k, top_p, lanes: Lanes = SERIAL):
+    """Token ids of ``len(uniforms)`` lines (without <eos>), line i drawn with ``uniforms[i]``,
+    generated in one call of the sampling kernel per lane (each on a slice of the lines)."""
     cfg = model.config
     layers = [model.layer_params(layer) for layer in range(cfg.layers)]
     dtype, H = model.dtype, cfg.hidden
     W_x = np.stack([lp["W_x"] for lp in layers[1:]]) if cfg.layers > 1 else np.empty((0, H, 0), dtype)
     b_hn = np.stack([lp.get("b_hn", np.zeros(H, dtype)) for lp in layers])
-    generated = np.zeros((m, max_length), dtype=np.int32)
-    lengths = sample_lines(CELL_CODES[cfg.cell], model.cell.relu, model.params["embed"], layers[0]["W_x"],
-                           W_x, np.stack([lp["W_h"] for lp in layers]), np.stack([lp["b"] for lp in layers]),
-                           b_hn, *model.output.class_form(model.params), np.ascontiguousarray(primed[:, :, 0]),
-                           first, eos, temperature, top_k, top_p, rng.random((m, max_length)), generated)
+    W_h, b = np.stack([lp["W_h"] for lp in layers]), np.stack([lp["b"] for lp in layers])
+    output, state0 = model.output.class_form(model.params), np.ascontiguousarray(primed[:, :, 0])
+    m = len(uniforms)
+    generated = np.zeros(uniforms.shape, dtype=np.int32)
+    lengths = np.empty(m, dtype=np.int64)
+
+    def lines(a, c):
+        lengths[a:c] = sample_lines(CELL_CODES[cfg.cell], model.cell.relu, model.params["embed"], layers[0]["W_x"],
+                                    W_x, W_h, b, b_hn, *output, state0, first, eos, temperature, top_k, top_p,
+                                    uniforms[a:c], generated[a:c])
+
+    lanes.map_rows(lines, m)
     return [generated[i, :lengths[i]] for i in range(m)]

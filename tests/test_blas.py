@@ -35,13 +35,14 @@ def test_l2_cache_size_from_sysfs(tmp_path, size, expected):
     assert blas.l2_cache_bytes(str(tmp_path / "missing")) == 1 << 20
 
 
-@pytest.mark.parametrize("job, hidden, to_kernels", [("sample", 200, True), ("score", 200, False),
-                                                     ("score", 650, True), ("train", 650, False)])
-def test_the_job_decides_which_pool_gets_the_threads(monkeypatch, job, hidden, to_kernels):
+@pytest.mark.parametrize("job, hidden, lines, to_kernels", [("sample", 200, 1, True), ("sample", 200, 100, False),
+                                                            ("score", 200, 1, False), ("score", 650, 1, True),
+                                                            ("train", 650, 1, False)])
+def test_the_job_decides_which_pool_gets_the_threads(monkeypatch, job, hidden, lines, to_kernels):
     monkeypatch.setattr(blas, "l2_cache_bytes", lambda: 2 << 20)
     given = []
     monkeypatch.setattr(blas, "give_threads", lambda count, kernels: given.append((count, kernels)))
-    blas.use_threads(2, job, hidden, 4)
+    blas.use_threads(2, job, hidden, 4, lines)
     assert given == [(2, to_kernels)]
 
 

@@ -200,3 +200,41 @@ def test_an_error_in_catch_up_is_raised_there_and_the_block_drops_the_rest():
             finally:
                 gate.set()
     assert ran == []
+
+
+def test_sampling_many_lines_splits_them_over_the_lanes_and_matches_one_thread(tmp_path, monkeypatch):
+    """`sample --n 9 --threads 2`: the kernels' BLAS on one thread, the lines in one kernel call
+    per lane (5 + 4), the same lines as with --threads 1; one line gives the kernels the threads."""
+    from rnngen import sample as sampling
+
+    head = "\n".join((CORPUS / "train.txt").read_text().splitlines()[:300]) + "\n"
+    (tmp_path / "c.txt").write_text(head)
+    model = tmp_path / "m.npz"
+    trained = CliRunner().invoke(cli, ["train", str(tmp_path / "c.txt"), "--hidden", "16", "--epochs", "1",
+                                       "--seed", "4", "--threads", "1", "-q", "-o", str(model)])
+    assert trained.exit_code == 0, trained.output
+    calls, real = [], sampling.sample_lines
+
+    def counted(*args):
+        calls.append(len(args[-1]))                    # lines in this kernel call
+        return real(*args)
+
+    monkeypatch.setattr(sampling, "sample_lines", counted)
+    before = blas.thread_count()
+    try:
+        outputs, split = {}, {}
+        for threads, n in (("1", 9), ("2", 9), ("2", 1)):
+            calls.clear()
+            result = CliRunner().invoke(cli, ["sample", "-m", str(model), "--n", str(n), "--seed", "3",
+                                              "--threads", threads])
+            assert result.exit_code == 0, result.output
+            outputs[threads, n], split[threads, n] = result.stdout, sorted(calls)
+            if (threads, n) == ("2", 1):
+                assert blas._kernel_threads == 2               # one line: the kernels' BLAS takes the threads
+            else:
+                assert blas._kernel_threads == 1
+    finally:
+        blas.give_threads(before, to_kernels=False)
+    assert split == {("1", 9): [9], ("2", 9): [4, 5], ("2", 1): [1]}
+    assert len(outputs["2", 9].splitlines()) == 9
+    assert outputs["2", 9] == outputs["1", 9]

@@ -5,6 +5,7 @@ import pytest
 
 from rnngen.errors import RnngenError
 from rnngen.kernels import sample_rows
+from rnngen.lanes import Lanes
 from rnngen.model import Model, ModelConfig
 from rnngen.sample import _sample_block, sample
 from rnngen.vocab import Vocab
@@ -119,27 +120,16 @@ def test_drawn_tokens_follow_the_models_distribution(cell, layers, softmax, tie)
     assert np.abs(counts / 6000 - p).max() < 0.025
 
 
-class FixedUniforms:
-    """Stands in for the random generator: hands out the given uniforms."""
-
-    def __init__(self, u):
-        self.u = u
-
-    def random(self, shape):
-        assert shape == self.u.shape
-        return self.u
-
-
 @pytest.mark.parametrize("cell,layers,softmax", [("rnn", 1, "full"), ("lstm", 2, "class"), ("gru", 2, "full")])
-def test_lines_that_end_early_leave_the_others_intact(cell, layers, softmax):
-    """Lines sampled together equal each line sampled alone with the same random numbers,
-    although some lines end (and leave the batch) before others."""
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_lines_that_end_early_leave_the_others_intact(cell, layers, softmax, lanes):
+    """Lines sampled together (in one kernel call, or split over two lanes) equal each line
+    sampled alone with the same random numbers, although some lines end (and leave the
+    batch) before others."""
     model, vocab = built(cell, layers, softmax)
     u = np.random.default_rng(2).random((40, 12))
-    together = _sample_block(model, model.zero_state(1), vocab.eos, 40, vocab.eos, 1.0, 0, 1.0, 12,
-                             FixedUniforms(u))
+    together = _sample_block(model, model.zero_state(1), vocab.eos, u, vocab.eos, 1.0, 0, 1.0, Lanes(lanes))
     assert sum(len(ids) < 12 for ids in together) >= 5
     for i in range(40):
-        alone = _sample_block(model, model.zero_state(1), vocab.eos, 1, vocab.eos, 1.0, 0, 1.0, 12,
-                              FixedUniforms(u[i:i + 1]))
+        alone = _sample_block(model, model.zero_state(1), vocab.eos, u[i:i + 1], vocab.eos, 1.0, 0, 1.0)
         assert np.array_equal(alone[0], together[i])
