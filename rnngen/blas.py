@@ -52,7 +52,7 @@ VML_MIN_SIZE = 16_384
 # cblas_sgemm_pack's code for the operand it packs (B), and sgemm_compute's for "packed".
 _B_MATRIX, _PACKED = 162, 151
 # The rows of A that Packed tells MKL to expect; any other count works with the same copy
-# (products of 7-350 rows matched sgemm's to the bit).
+# (products of 2-350 rows matched sgemm's to the bit).
 _PACK_ROWS = 256
 # What Numba's np.dot of two matrices calls inside the kernels: float32 and float64 GEMM.
 _KERNEL_GEMMS = ("sgemm", "dgemm")
@@ -274,7 +274,7 @@ def matmul(a, b, out=None):
 class Packed:
     """The right operand ``b`` of many products ``a @ b``, copied once into MKL's internal
     GEMM layout (``cblas_sgemm_pack``), so that each product skips that copy: the output
-    layer's weights, used by every row piece of a training step or a scoring job. One
+    layer's weights, used by every row piece of a scoring job. One
     thread, 201 x 10,001 float32 (the stacked output layer): 350 rows 12.9 -> 12.0 ms,
     256 rows 9.7 -> 8.6, 175 rows 7.1 -> 5.7; packing costs 0.8-0.9 ms. With ``b`` as stored
     the products of two rows or more are sgemm's to the bit (sgemm does one row as a GEMV,
@@ -295,6 +295,8 @@ class Packed:
             return
         (k, n), align = b.shape, 64
         size = int(mkl.pack_size(_B_MATRIX, _PACK_ROWS, n, k))
+        if size <= 0:                   # MKL declines to pack this shape
+            return
         old = reuse._buffer if reuse is not None else None
         store = old if old is not None and old.nbytes >= size else np.empty(size + align, dtype=np.uint8)
         start = -store.ctypes.data % align

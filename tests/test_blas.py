@@ -274,7 +274,7 @@ def test_products_with_a_packed_operand_match_sgemm(mkl_calls, layout_b):
     rng = np.random.default_rng(6)
     b = _layouts(rng, 53, 29)[layout_b]
     packed = blas.Packed(b)
-    for rows in (1, 7, 37, 300):
+    for rows in (1, 2, 7, 37, 300):
         for layout_a, a in _layouts(rng, rows, 53).items():
             expected = blas.matmul(a, b)
             wide = np.full((rows, 40), 5.0, dtype=np.float32)
