@@ -259,15 +259,26 @@ def matmul(a, b, out=None):
             or a.shape[1] != b.shape[0] or 0 in a.shape or 0 in b.shape):
         return np.matmul(a, b, out=out)
     (m, k), n = a.shape, b.shape[1]
-    if out is None:
-        out = np.empty((m, n), dtype=np.float32)
     how_a, how_b = _sgemm_operand(a), _sgemm_operand(b)
-    if (how_a is None or how_b is None or out.dtype != np.float32 or out.shape != (m, n)
-            or out.strides[1] != 4 or out.strides[0] % 4 or out.strides[0] // 4 < n
-            or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
+    target = _sgemm_out(out, m, n, a, b) if how_a and how_b else None
+    if target is None:
         return np.matmul(a, b, out=out)
     mkl.sgemm(_ROW_MAJOR, how_a[0], how_b[0], m, n, k, 1.0, a.ctypes.data, how_a[1], b.ctypes.data, how_b[1],
-              0.0, out.ctypes.data, out.strides[0] // 4)
+              0.0, target.ctypes.data, target.strides[0] // 4)
+    return target
+
+
+def _sgemm_out(out, m, n, *operands):
+    """Where sgemm writes an (m, n) product: ``out``, or a new array when it is None; None
+    when sgemm cannot write into ``out`` (not float32 rows of contiguous values, or
+    overlapping an operand)."""
+    import numpy as np
+
+    if out is None:
+        return np.empty((m, n), dtype=np.float32)
+    if (out.dtype != np.float32 or out.shape != (m, n) or out.strides[1] != 4 or out.strides[0] % 4
+            or out.strides[0] // 4 < n or any(np.may_share_memory(out, x) for x in operands)):
+        return None
     return out
 
 
@@ -283,9 +294,7 @@ class Packed:
     must not change while this is in use.
     """
 
-    def __init__(self, b, reuse: Packed | None = None):
-        """Packs ``b``; into ``reuse``'s buffer when it is large enough (``reuse`` is then
-        no longer valid), which saves first touching a new one (~30 MB for the output layer)."""
+    def __init__(self, b):
         import numpy as np
 
         self.b, self._buffer = b, None
@@ -297,14 +306,11 @@ class Packed:
         size = int(mkl.pack_size(_B_MATRIX, _PACK_ROWS, n, k))
         if size <= 0:                   # MKL declines to pack this shape
             return
-        old = reuse._buffer if reuse is not None else None
-        store = old if old is not None and old.nbytes >= size else np.empty(size + align, dtype=np.uint8)
+        store = np.empty(size + align, dtype=np.uint8)
         start = -store.ctypes.data % align
-        buffer = store[start:start + size]
+        buffer = store[start:start + size]          # a view: keeps ``store`` alive
         mkl.pack(_ROW_MAJOR, _B_MATRIX, how[0], _PACK_ROWS, n, k, 1.0, b.ctypes.data, how[1], buffer.ctypes.data)
-        self._buffer, self._store, self._mkl = buffer, store, mkl
-        if reuse is not None:
-            reuse._buffer = None
+        self._buffer, self._mkl = buffer, mkl
 
     def matmul(self, a, out=None):
         """``a @ b`` into ``out`` (as :func:`matmul`)."""
@@ -312,17 +318,13 @@ class Packed:
 
         (k, n), buffer = self.b.shape, self._buffer
         how_a = _sgemm_operand(a) if a.dtype == np.float32 and a.ndim == 2 else None
-        if buffer is None or how_a is None or a.shape[1] != k or 0 in a.shape:
+        target = (_sgemm_out(out, a.shape[0], n, a, self.b)
+                  if buffer is not None and how_a is not None and a.shape[1] == k and a.shape[0] else None)
+        if target is None:
             return matmul(a, self.b, out)
-        m = a.shape[0]
-        if out is None:
-            out = np.empty((m, n), dtype=np.float32)
-        if (out.dtype != np.float32 or out.shape != (m, n) or out.strides[1] != 4 or out.strides[0] % 4
-                or out.strides[0] // 4 < n or np.may_share_memory(out, a) or np.may_share_memory(out, self.b)):
-            return matmul(a, self.b, out)
-        self._mkl.compute(_ROW_MAJOR, how_a[0], _PACKED, m, n, k, a.ctypes.data, how_a[1], buffer.ctypes.data, n,
-                          0.0, out.ctypes.data, out.strides[0] // 4)
-        return out
+        self._mkl.compute(_ROW_MAJOR, how_a[0], _PACKED, a.shape[0], n, k, a.ctypes.data, how_a[1],
+                          buffer.ctypes.data, n, 0.0, target.ctypes.data, target.strides[0] // 4)
+        return target
 
 
 def _numpy_single_threaded() -> bool:

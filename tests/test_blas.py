@@ -94,6 +94,13 @@ def mkl_calls(monkeypatch):
     return calls
 
 
+def _operands(seed: int, a_shape, b_shape, case: str):
+    """A generator and random operands of a product: float32, or float64 for ``case`` "float64"."""
+    rng = np.random.default_rng(seed)
+    dtype = np.float64 if case == "float64" else np.float32
+    return rng, rng.standard_normal(a_shape).astype(dtype), rng.standard_normal(b_shape).astype(dtype)
+
+
 def _layouts(rng, rows, cols):
     """The same (rows, cols) float32 matrix as stored, as a transposed view, and as a column slice."""
     x = rng.standard_normal((rows, cols)).astype(np.float32)
@@ -124,13 +131,9 @@ def test_mkl_products_match_numpy_in_every_layout(mkl_calls, layout_a, layout_b,
 @needs_mkl
 @pytest.mark.parametrize("case", ["float64", "strided", "aliased", "empty", "threaded"])
 def test_products_mkl_cannot_take_go_to_numpy(mkl_calls, monkeypatch, case):
-    rng = np.random.default_rng(1)
-    a = rng.standard_normal((12, 12)).astype(np.float32)
-    b = rng.standard_normal((12, 12)).astype(np.float32)
+    rng, a, b = _operands(1, (12, 12), (12, 12), case)
     out = None
-    if case == "float64":
-        a, b = a.astype(np.float64), b.astype(np.float64)
-    elif case == "strided":
+    if case == "strided":
         big = rng.standard_normal((24, 24)).astype(np.float32)
         a = big[::2, ::2]                              # neither axis contiguous
     elif case == "aliased":
@@ -288,23 +291,14 @@ def test_products_with_a_packed_operand_match_sgemm(mkl_calls, layout_b):
 
 
 @needs_mkl
-@pytest.mark.parametrize("case", ["float64", "no mkl", "threaded", "reused", "wrong shape"])
+@pytest.mark.parametrize("case", ["float64", "no mkl", "threaded", "wrong shape"])
 def test_packed_operands_mkl_cannot_take_go_to_matmul(mkl_calls, monkeypatch, case):
-    rng = np.random.default_rng(7)
-    a = rng.standard_normal((12, 20)).astype(np.float32)
-    b = rng.standard_normal((20, 9)).astype(np.float32)
-    if case == "float64":
-        a, b = a.astype(np.float64), b.astype(np.float64)
-    elif case == "no mkl":
+    _, a, b = _operands(7, (12, 20), (20, 9), case)
+    if case == "no mkl":
         monkeypatch.setattr(blas, "_mkl", lambda: None)
     elif case == "threaded":
         monkeypatch.setattr(blas, "_numpy_threads", 2)
     packed = blas.Packed(b)
-    if case == "reused":
-        other = rng.standard_normal((20, 9)).astype(np.float32)
-        again = blas.Packed(other, reuse=packed)          # takes packed's buffer: packed is now plain b
-        np.testing.assert_allclose(again.matmul(a), a @ other, rtol=1e-5, atol=1e-5)
-        mkl_calls.packed.clear()
     if case == "wrong shape":
         with pytest.raises(ValueError):
             packed.matmul(a[:, :7])
