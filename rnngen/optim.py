@@ -14,13 +14,13 @@ import math
 import numpy as np
 
 from .errors import RnngenError
-from .jit import kernel
+from .jit import SUM_OPTIONS, kernel
 from .kernels import scatter_add_rows
 from .lanes import SERIAL, Lanes
 
-# Vectorised loops: no ZeroDivisionError branches, reassociation for the reductions; NaN and
+# The kernels' options with reassociation (for the reductions) and no signed zeros; NaN and
 # inf keep their meaning, since divergence detection reads them from the gradient norm.
-LOOP_OPTIONS = {"nogil": True, "error_model": "numpy", "fastmath": {"contract", "arcp", "afn", "reassoc", "nsz"}}
+LOOP_OPTIONS = {**SUM_OPTIONS, "fastmath": SUM_OPTIONS["fastmath"] | {"nsz"}}
 
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 # Arrays with at least this many values are updated and summed in one piece per lane: the
