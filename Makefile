@@ -8,9 +8,15 @@ CORPUS := corpora/agreement
 
 .PHONY: demo test test-slow lint bench bench-paired bench-quality bench-memory bench-ttp bench-startup clean
 
+# What running rnngen needs (numpy, numba, scipy, click, tqdm): all that `make demo` installs.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# Development tools and the optional MKL (so that tests run under both BLAS libraries).
+$(VENV)/.dev-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -24,14 +30,14 @@ demo: $(VENV)/.installed
 	$(RNNGEN) score -m $(DEMO) "the dogs that the cat sees run ." "run cat the sees dogs that the ."
 
 ## test: the test suite (slow checks are marked and left to test-slow)
-test: $(VENV)/.installed
+test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q
 
-test-slow: $(VENV)/.installed
+test-slow: $(VENV)/.dev-installed
 	$(PY) -m pytest -q -m slow
 
 ## bench: rnngen vs PyTorch CPU side by side on Penn Treebank (../shared/corpora/ptb)
-$(VENV)/.bench-installed: $(VENV)/.installed
+$(VENV)/.bench-installed: $(VENV)/.dev-installed
 	$(PY) -m pip install --quiet -e '.[bench]'
 	touch $@
 
@@ -59,7 +65,7 @@ bench-startup: $(VENV)/.installed
 bench-memory: $(VENV)/.installed
 	$(PY) bench/memory.py
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check rnngen tests bench corpora
 
 clean:

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
 
     from common import load_data
 
-    from rnngen import blas, cells, lanes, softmax
+    from rnngen import cells, lanes, softmax
     from rnngen.model import Model, ModelConfig
     from rnngen.optim import SGD, clip_scale, global_norm
     from rnngen.train import batchify, time_major
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     optim = SGD(model.params)
     inputs, targets = batchify(train_ids, BATCH)
     state = model.zero_state(BATCH)
-    lane_set = blas.training_lanes(2, "full")
+    lane_set = lanes.training_lanes(2, "full")
     phases: collections.Counter = collections.Counter()
 
     def step(i: int) -> None:

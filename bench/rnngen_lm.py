@@ -38,6 +38,7 @@ def main(argv=None) -> dict:
 
     from rnngen import blas
     from rnngen.cells import CELLS
+    from rnngen.lanes import training_lanes
     from rnngen.model import Model, ModelConfig
     from rnngen.optim import SGD, clip_scale, global_norm
     from rnngen.sample import sample
@@ -62,7 +63,7 @@ def main(argv=None) -> dict:
     inputs, targets = batchify(train_ids, args.batch)
     n_chunks = inputs.shape[1] // args.bptt
     state = model.zero_state(args.batch)
-    lanes = blas.training_lanes(args.threads, "full")                       # as `rnngen train` does
+    lanes = training_lanes(args.threads, "full")                       # as `rnngen train` does
 
     def step(i: int) -> float:
         nonlocal state

@@ -48,6 +48,7 @@ def curve(step, evaluate, n_chunks: int, eval_every: int, target: float, max_sec
 
 def rnngen_side(args, train_ids, valid_ids, V) -> dict:
     from rnngen import blas
+    from rnngen.lanes import training_lanes
     from rnngen.model import Model, ModelConfig
     from rnngen.optim import clip_scale, global_norm, make_optimizer
     from rnngen.score import stream_logprob
@@ -60,7 +61,7 @@ def rnngen_side(args, train_ids, valid_ids, V) -> dict:
     optim = make_optimizer("adam", model.params)
     inputs, targets = batchify(train_ids, m["batch"])
     state = model.zero_state(m["batch"])
-    lanes = blas.training_lanes(args.threads, args.softmax)                 # as `rnngen train` does
+    lanes = training_lanes(args.threads, args.softmax)                 # as `rnngen train` does
 
     def step(i: int) -> None:
         nonlocal state

@@ -86,7 +86,14 @@ def cli():
       rnngen sample --n 10                 # ten generated lines
       rnngen score "some sentence"         # log-probability and perplexity
       cat lines.txt | rnngen score - | sort -n | head
+      rnngen info                          # the BLAS in use, and what is in model.npz
+
+    The BLAS library (NumPy's OpenBLAS, or MKL when installed and measured faster here) is
+    chosen by a short calibration cached per machine; RNNGEN_BLAS=openblas or =mkl forces it.
     """
+    from .blas.choice import check
+
+    check()
 
 
 @cli.command()
@@ -161,7 +168,7 @@ def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, voca
     also saved every --checkpoint-every seconds, always atomically. A NaN or infinite loss
     goes back to the last saved state with half the learning rate (at most 3 times in a row).
     """
-    from . import jit
+    from . import blas, jit
     from .checkpoint import check_writable
     from .errors import RnngenError
     from .model import ModelConfig
@@ -169,6 +176,7 @@ def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, voca
     from .train import train as run_training
 
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    notes: list[str] = []                               # said after the BLAS line, the log's first
     check_writable(output)                              # before minutes of reading and training
     resume = None
     if resume_path:
@@ -182,15 +190,17 @@ def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, voca
                 saved[name] = value
         config = TrainConfig.from_json(saved)
         model_config = resume.model.config
-        vocab, train_ids, valid_ids = prepare_data(list(corpus), valid_path, valid_fraction,
-                                                   encoding_errors=encoding_errors, vocab=resume.vocab, log=log)
+        vocab, train_ids, valid_ids = prepare_data(list(corpus), valid_path, valid_fraction, vocab=resume.vocab,
+                                                   encoding_errors=encoding_errors, log=notes.append)
     else:
         config = TrainConfig(**train_options)
         vocab, train_ids, valid_ids = prepare_data(list(corpus), valid_path, valid_fraction, unit, lowercase,
-                                                   vocab_size, min_count, encoding_errors, log=log)
+                                                   vocab_size, min_count, encoding_errors, log=notes.append)
         model_config = ModelConfig(vocab_size=len(vocab), cell=cell, hidden=hidden, layers=layers, embed=embed,
                                    activation=activation, dropout=dropout, tie_weights=tie_weights,
                                    softmax=softmax, classes=classes)
+    for note in [f"rnngen: {blas.chosen().describe()}", *notes]:
+        log(note)
     log(f"rnngen: {len(train_ids):,} training tokens, "
         f"{len(valid_ids) if valid_ids is not None else 0:,} validation tokens, vocabulary {len(vocab):,}")
     if not quiet:
@@ -395,12 +405,28 @@ def _stdin_line_batches(encoding_errors: str):
 
 
 @cli.command()
-@click.argument("model_path", required=False, envvar="RNNGEN_MODEL", default="model.npz")
+@click.argument("model_path", required=False)
 def info(model_path):
-    """Show a checkpoint's configuration, vocabulary, size and training history."""
-    ckpt = _load(model_path)
+    """Show which BLAS library rnngen uses here and why, then a checkpoint's configuration,
+    vocabulary, size and training history (MODEL_PATH, else $RNNGEN_MODEL, else model.npz;
+    without a model only the first part).
+
+    \b
+    Examples:
+      rnngen info                  # this machine, and model.npz if there is one
+      rnngen info shakes.npz
+    """
+    from . import blas
+
+    if model_path is None:
+        model_path = os.environ.get("RNNGEN_MODEL") or "model.npz"
+        if not os.path.exists(model_path):
+            _write("".join(line + "\n" for line in blas.describe()))
+            click.echo(f"rnngen: no model: {model_path} does not exist (give one: rnngen info MODEL)", err=True)
+            return
+    ckpt = _load(model_path)                            # a bad model: its error alone, nothing on stdout
     cfg = ckpt.model.config
-    out = [f"model       {model_path}"]
+    out = [*blas.describe(), f"model       {model_path}"]
     out.append(f"cell        {cfg.cell} ({cfg.activation})" if cfg.cell == "rnn" else f"cell        {cfg.cell}")
     out.append(f"layers      {cfg.layers} x {cfg.hidden} hidden, embedding {cfg.embed_size}"
                f"{', tied' if cfg.tie_weights else ''}, dropout {cfg.dropout:g}")

@@ -17,7 +17,10 @@ the GIL, and so does NumPy inside BLAS and large ufuncs, so the two run at once.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
+
+from . import blas
 
 
 class Lanes:
@@ -123,3 +126,25 @@ def shared(count: int) -> Lanes:
     """One set of lanes per thread count for the process, so that worker threads are made
     once (not for concurrent callers: each drains the other's tasks)."""
     return SERIAL if count <= 1 else Lanes(count)
+
+
+def training_lanes(threads: int, softmax: str) -> Lanes:
+    """How a training step uses ``threads`` threads; sets NumPy's BLAS to match.
+
+    Full softmax: one lane per thread, BLAS on one thread in each, which beats BLAS
+    splitting every product while the recurrence, softmax passes and optimiser leave the
+    other cores idle. The class softmax's products are per class, too small to give each
+    lane its own: BLAS splits them, lanes are serial.
+    """
+    if threads > 1 and softmax == "full":
+        blas.set_threads(1)
+        return shared(threads)
+    blas.set_threads(threads)
+    return SERIAL
+
+
+@contextlib.contextmanager
+def training(threads: int, softmax: str):
+    """:func:`training_lanes` inside the block; NumPy's BLAS threads as before it afterwards."""
+    with blas.numpy_threads(blas.thread_count()):
+        yield training_lanes(threads, softmax)

@@ -24,6 +24,7 @@ import numpy as np
 from . import blas, checkpoint
 from .checkpoint import Checkpoint
 from .errors import RnngenError
+from .lanes import training_lanes
 from .model import Model, ModelConfig
 from .optim import DEFAULT_LR, OPTIMIZERS, clip_scale, global_norm, make_optimizer
 from .score import stream_logprob
@@ -176,7 +177,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     rate, RNG stream and history continue from that checkpoint; ``model_config`` is ignored.
     A NaN or infinite loss (or perplexity), gradient or weight sends training back to the
     last state it saved (or started from) with half the learning rate, up to MAX_RECOVERIES
-    times in a row. ``threads`` is how many threads a step uses (:func:`blas.training_lanes`;
+    times in a row. ``threads`` is how many threads a step uses (:func:`rnngen.lanes.training_lanes`;
     None: chosen from the model size).
     """
     train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
@@ -202,7 +203,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
                           "rng": np.random.default_rng(config.seed + 1).bit_generator.state,
                           "data": fingerprint(train_ids), "done": False}
     threads = threads or blas.auto_threads(model.config.hidden, model.config.vocab_size)
-    lanes = blas.training_lanes(threads, model.config.softmax)
+    lanes = training_lanes(threads, model.config.softmax)
     optim = make_optimizer(config.optimizer, model.params)
     state = model.zero_state(config.batch_size)
     if resume is not None:

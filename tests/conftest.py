@@ -1,7 +1,20 @@
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The BLAS calibration's cache (rnngen.blas.choice) goes to a folder of the test run's own,
+# shared by the test processes and the rnngen commands they start, never the user's.
+if "RNNGEN_CACHE_DIR" not in os.environ:
+    os.environ["RNNGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="rnngen-test-cache-")
+
+    @pytest.fixture(scope="session", autouse=True)
+    def _remove_cache_dir():
+        yield
+        shutil.rmtree(os.environ["RNNGEN_CACHE_DIR"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpora" / "agreement"

@@ -138,7 +138,11 @@ def test_scoring_on_two_lanes_equals_one_chunk_after_another(monkeypatch, batch)
         assert blas.thread_count() == 2
     finally:
         blas.set_threads(before)
-    assert np.array_equal(plain, on_lanes) and np.array_equal(plain_state, lanes_state)
+    # Two lanes run each chunk's products on half the rows; a BLAS may block those differently
+    # (seen in the last bit on AMD Zen 4), so compare to float32 rounding: a wrong or lost
+    # piece would move a log-probability by far more.
+    np.testing.assert_allclose(on_lanes, plain, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(lanes_state, plain_state, rtol=1e-5, atol=1e-6)
 
 
 def test_lines_scored_on_two_lanes_equal_one_batch_after_another(monkeypatch):
