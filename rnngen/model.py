@@ -1,11 +1,33 @@
 """The language model: embedding -> stacked recurrent layers -> softmax over the vocabulary.
 
-    e_t = E[x_t]                          (embedding lookup == U x_t for one-hot x_t)
+    e_t = E[x_t]                          (embedding lookup == onehot(x_t) E)
     h_t = cell(e_t, h_{t-1})              (one per layer; layer k's output is k+1's input)
     o_t = softmax(h_t V + c)              (the whole chunk's logits are one matrix product)
 
 Training loss for a chunk is the summed negative log-likelihood of its targets divided by
 the batch size (Zaremba et al. 2014), so SGD with lr 1 and clip 5 matches their setup.
+
+Notation (textbook -> code; ``rnngen/reference.py`` writes out every formula in NumPy).
+The code multiplies row vectors, one row per stream of the batch: ``x_t U`` with U of shape
+(n_in, G·H) is the textbook's ``U x_t`` with U transposed. G gate blocks sit side by side
+in the columns: 1 (RNN), 3 (GRU [r, z, n]), 4 (LSTM [i, f, g, o]).
+
+    textbook  code                   shape          meaning
+    x_t       inputs[t]              (B,)           token ids at step t; targets[t] = x_{t+1}
+    E         embed                  (|V|, D)       embedding: E[x_t] = onehot(x_t) E
+    U         l<k>.W_x               (n_in, G·H)    layer k's input weights (n_in = D, then H)
+    W         l<k>.W_h               (H, G·H)       layer k's recurrent weights
+    b         l<k>.b                 (G·H,)         layer k's bias
+    b_hn      l<k>.b_hn              (H,)           GRU only: the bias inside r*(h W_n + b_hn)
+    s_t, h_t  h[t]                   (B, H)         hidden state; c_t: the LSTM's cell state
+    V         out.W (tied: embed.T)  (H, |V|)       output weights
+    c         out.b                  (|V|,)         output bias
+    V_C, c_C  cls.W, cls.b           (H, C), (C,)   class softmax: p(k | h) = softmax(h V_C + c_C)
+    m_k       masks[k]               (T, B, D|H)    inverted-dropout masks: 0 or 1/keep
+    state     state                  (L, P, B, H)   carried between chunks: P = 1 [h], 2 [h, c]
+
+T steps per chunk, B streams, L layers, D the embedding size, H the hidden size, C the
+number of classes, |V| the vocabulary.
 """
 
 from __future__ import annotations
