@@ -42,16 +42,25 @@ from common import (
 )
 from run import CONFIGS, VOCAB_SIZE, missing_requirement, prepare, read_results
 
-from rnngen.blas import product_library
+from rnngen import blas
 
-SIDES = ("rnngen", "torch")
 PEAK_LIBS = ("numpy", "torch")
+OTHER = {"openblas": "mkl", "mkl": "openblas"}
 
 
-def start(cmd: list[str], threads: int, tree: Path | None = None) -> subprocess.Popen:
+def sides(chosen: str) -> dict[str, tuple[str, dict]]:
+    """The sides taking turns: name -> (worker script's side, extra environment). rnngen with
+    the BLAS it chose, PyTorch, and (when MKL is installed) rnngen forced onto the other BLAS."""
+    out = {"rnngen": ("rnngen", {}), "torch": ("torch", {})}
+    if blas.mkl_installed():
+        out["rnngen-other"] = ("rnngen", {"RNNGEN_BLAS": OTHER[chosen]})
+    return out
+
+
+def start(cmd: list[str], threads: int, tree: Path | None = None, env_extra: dict | None = None) -> subprocess.Popen:
     """``python cmd`` with every thread count set to ``threads``; with ``tree`` (a checkout
     of the repository), importing that tree's rnngen."""
-    env = thread_env(threads)
+    env = {**thread_env(threads), **(env_extra or {})}
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
     return subprocess.Popen([sys.executable, *cmd], env=env, stdin=subprocess.PIPE,
@@ -59,12 +68,12 @@ def start(cmd: list[str], threads: int, tree: Path | None = None) -> subprocess.
 
 
 def start_side(side: str, cfg: dict, phase: str, threads: int, data: Path,
-               tree: Path | None = None) -> subprocess.Popen:
+               tree: Path | None = None, env_extra: dict | None = None) -> subprocess.Popen:
     """A --serve worker of ``side`` (rnngen or torch); ``tree``: another checkout to run it from."""
     bench = BENCH_DIR if tree is None else tree / "bench"
     return start([str(bench / f"{side}_lm.py"), "--data", str(data), "--cell", cfg["cell"],
                   "--hidden", str(cfg["hidden"]), "--layers", str(cfg["layers"]), "--embed", str(cfg["embed"]),
-                  "--lr", str(cfg["lr"]), "--threads", str(threads), "--serve", phase], threads, tree)
+                  "--lr", str(cfg["lr"]), "--threads", str(threads), "--serve", phase], threads, tree, env_extra)
 
 
 def start_peak(lib: str, threads: int) -> subprocess.Popen:
@@ -103,47 +112,61 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
 
 
-def run_pair(name: str, phase: str, threads: int, rounds: int, seconds: float, data: Path, peaks: dict) -> dict:
-    """``rounds`` rounds of: one side's block, the square product on each library (1 s each),
-    the other side's block; the sides' order alternates. Per round: the ratio of the two
-    sides, and each side's GFLOP/s as a share of the round's peak (the faster library)."""
-    cfg = CONFIGS[name]
-    procs = {side: start_side(side, cfg, phase, threads, data) for side in SIDES}
+def run_pair(name: str, phase: str, threads: int, rounds: int, seconds: float, data: Path, peaks: dict,
+             chosen: str) -> dict:
+    """``rounds`` rounds of: each side's block in turn, with the square product on each
+    library (1 s each) after the first; the sides' order rotates. Per round: the ratio of
+    rnngen to each other side, and each side's GFLOP/s as a share of the round's peak (the
+    faster library)."""
+    cfg, named = CONFIGS[name], sides(chosen)
+    procs = {side: start_side(script, cfg, phase, threads, data, env_extra=env)
+             for side, (script, env) in named.items()}
+    order = list(named)
     try:
-        for side in SIDES:                                      # warm-up: compile, caches, pools
+        for side in order:                                      # warm-up: compile, caches, pools
             block(procs[side], 1.0)
-        blocks = {side: [] for side in SIDES}
+        blocks = {side: [] for side in order}
         peak = []
         for r in range(rounds):
-            first, second = SIDES if r % 2 == 0 else SIDES[::-1]
-            blocks[first].append(block(procs[first], seconds))
+            turn = order[r % len(order):] + order[:r % len(order)]
+            turn = turn if r % 2 == 0 else turn[::-1]
+            blocks[turn[0]].append(block(procs[turn[0]], seconds))
             peak.append(max(block(peaks[lib], 1.0)["rate"] for lib in PEAK_LIBS) / 1e9)
-            blocks[second].append(block(procs[second], seconds))
+            for side in turn[1:]:
+                blocks[side].append(block(procs[side], seconds))
     finally:
         stop(procs.values())
-    rates = {side: [b["rate"] for b in blocks[side]] for side in SIDES}
+    rates = {side: [b["rate"] for b in blocks[side]] for side in order}
     flops = (train_flops_per_token if phase == "train" else forward_flops_per_token)(
         cfg["cell"], cfg["hidden"], cfg["layers"], cfg["embed"], VOCAB_SIZE)
     return {"config": name, "label": cfg["label"], "phase": phase, "threads": threads, "rounds": rounds,
             "block_seconds": seconds, "tokens_per_s": rates, "peak_gflops": peak,
             "ratio": spread([a / b for a, b in zip(rates["rnngen"], rates["torch"])]),
+            "blas": {"chosen": chosen, "other": OTHER[chosen]},
+            "ratio_to_other_blas": (spread([a / b for a, b in zip(rates["rnngen"], rates["rnngen-other"])])
+                                    if "rnngen-other" in rates else None),
             "median_tokens_per_s": {side: statistics.median(v) for side, v in rates.items()},
             "share_of_peak": {side: spread([rate * flops / 1e9 / p for rate, p in zip(v, peak)])
                               for side, v in rates.items()},
-            "others_cores_max": max(b["cpu"]["others_cores"] for side in SIDES for b in blocks[side])}
+            "others_cores_max": max(b["cpu"]["others_cores"] for side in order for b in blocks[side])}
 
 
 def report(results: list[dict]) -> None:
     print(f"\n  {'config':28s} {'phase':6s} {'thr':>3s} {'rounds':>6s}  {'rnngen tok/s':>12s} {'torch tok/s':>12s}"
-          f"  {'ratio median':>12s} {'(quartiles)':>13s} {'min..max':>11s}  {'% of peak: rnngen':>17s} {'torch':>5s}")
+          f"  {'ratio median':>12s} {'(quartiles)':>13s} {'min..max':>11s}  {'% of peak: rnngen':>17s} {'torch':>5s}"
+          f"  {'other BLAS tok/s':>16s} {'chosen/other':>12s} {'(quartiles)':>13s}")
     for r in results:
         ratio, share = r["ratio"], r["share_of_peak"]
         quarts = f"({ratio['q1']:.2f}-{ratio['q3']:.2f})"
         extremes = f"{ratio['min']:.2f}..{ratio['max']:.2f}"
+        other, tokens = r.get("ratio_to_other_blas"), r["median_tokens_per_s"]
+        versus = (f"  {tokens['rnngen-other']:16,.0f} {other['median']:11.2f}x "
+                  f"{'(' + format(other['q1'], '.2f') + '-' + format(other['q3'], '.2f') + ')':>13s}"
+                  f"  [{r['blas']['chosen']} vs {r['blas']['other']}]") if other else ""
         print(f"  {r['label']:28s} {r['phase']:6s} {r['threads']:3d} {r['rounds']:6d}  "
-              f"{r['median_tokens_per_s']['rnngen']:12,.0f} {r['median_tokens_per_s']['torch']:12,.0f}  "
+              f"{tokens['rnngen']:12,.0f} {tokens['torch']:12,.0f}  "
               f"{ratio['median']:11.2f}x {quarts:>13s} {extremes:>11s}  "
-              f"{100 * share['rnngen']['median']:16.0f}% {100 * share['torch']['median']:4.0f}%")
+              f"{100 * share['rnngen']['median']:16.0f}% {100 * share['torch']['median']:4.0f}%{versus}")
 
 
 def main(argv=None) -> int:
@@ -172,9 +195,10 @@ def main(argv=None) -> int:
     data = RESULTS_DIR / f"paired-{stamp}.npz"
     prepare(train_path, valid_path, data)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    products = product_library()
-    print(f"bench: {started}, load average {' '.join(f'{x:.2f}' for x in loadavg())}, rnngen's products on one"
-          f" thread: {products}", flush=True)
+    choice = blas.chosen()
+    products = choice.library
+    print(f"bench: {started}, load average {' '.join(f'{x:.2f}' for x in loadavg())}, rnngen's "
+          f"{choice.describe()}", flush=True)
     peaks = {lib: start_peak(lib, args.threads) for lib in PEAK_LIBS}
     results = []
     try:
@@ -184,7 +208,8 @@ def main(argv=None) -> int:
             for phase in args.phase:
                 print(f"bench: {name} {phase}, {args.rounds} rounds of {args.block_seconds:g} s each side ...",
                       flush=True)
-                results.append(run_pair(name, phase, args.threads, args.rounds, args.block_seconds, data, peaks))
+                results.append(run_pair(name, phase, args.threads, args.rounds, args.block_seconds, data, peaks,
+                                        products))
                 report(results[-1:])
     finally:
         stop(peaks.values())
@@ -194,7 +219,8 @@ def main(argv=None) -> int:
     report(results)
     out = RESULTS_DIR / f"paired-{stamp}.json"
     write_json(out, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "started": started,
-                     "rnngen_products": products, "loadavg_end": loadavg(), "pairs": results})
+                     "rnngen_products": products, "blas_choice": choice.describe(), "loadavg_end": loadavg(),
+                     "pairs": results})
     print(f"bench: results written to {out}")
     return 0
 

@@ -3,6 +3,7 @@ JSON line of what it did, keeps going until its input ends, and exits cleanly. P
 not needed: the rnngen worker and peak.py's NumPy side speak the same protocol."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -25,7 +26,8 @@ def bench_data(tmp_path_factory):
 
 def serve(cmd, blocks):
     """Start a --serve worker, ask for each block of seconds in turn, then end its input."""
-    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+           "RNNGEN_CACHE_DIR": os.environ["RNNGEN_CACHE_DIR"]}
     proc = subprocess.Popen([sys.executable, *map(str, cmd)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=BENCH)
     answers = []
