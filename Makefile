@@ -6,7 +6,7 @@ RNNGEN := $(VENV)/bin/rnngen
 DEMO   := demo-model.npz
 CORPUS := corpora/agreement
 
-.PHONY: demo test test-slow lint bench bench-paired bench-quality bench-memory bench-ttp bench-startup clean
+.PHONY: demo test test-unit test-slow lint bench bench-paired bench-quality bench-memory bench-ttp bench-startup clean
 
 # What running rnngen needs (numpy, numba, scipy, click, tqdm): all that `make demo` installs.
 $(VENV)/.installed: pyproject.toml
@@ -32,6 +32,10 @@ demo: $(VENV)/.installed
 ## test: the test suite (slow checks are marked and left to test-slow)
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q
+
+## test-unit: the fast in-process tier (math, data structures, formats), for inner-loop work
+test-unit: $(VENV)/.dev-installed
+	$(PY) -m pytest -q -m "unit and not slow"
 
 test-slow: $(VENV)/.dev-installed
 	$(PY) -m pytest -q -m slow

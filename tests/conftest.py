@@ -22,6 +22,19 @@ CORPUS = ROOT / "corpora" / "agreement"
 sys.path.insert(0, str(ROOT / "corpora"))
 
 
+# The unit tier (`make test-unit`): the math, the data structures and the file formats, in
+# this process only (no rnngen commands started, no training runs beyond a few steps).
+UNIT_FILES = {"test_reference.py", "test_gradients.py", "test_optim.py", "test_class_softmax.py", "test_corpus.py",
+              "test_checkpoint.py", "test_probabilities.py", "test_sample.py", "test_metrics.py", "test_textplot.py",
+              "test_plot.py", "test_jit.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in UNIT_FILES:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """A small word model trained briefly on the project corpus, shared by read-only tests."""
