@@ -22,25 +22,9 @@ without dropout):
     p_t = softmax(o_t)                 (or the class-factored p, see class_softmax)
     NLL = -Σ_t Σ_b log p_t[x_{t+1}]    the chunk's summed NLL; gradients are of NLL / B
 
-Notation (textbook -> code). The code multiplies row vectors: each row of an array is one
-stream of the batch, and ``x_t U`` with U of shape (n_in, H) is the textbook's ``U x_t``
-with U transposed. G gate blocks sit side by side in the columns: 1 (RNN), 3 (GRU:
-U = [U_r U_z U_n]), 4 (LSTM: U = [U_i U_f U_g U_o]); W and b likewise.
-
-    textbook  code                   shape          meaning
-    x_t       inputs[t]              (B,)           token ids at step t; targets[t] = x_{t+1}
-    E         embed                  (|V|, D)       embedding: E[x_t] = onehot(x_t) E
-    U         l<k>.W_x               (n_in, G·H)    layer k's input weights (n_in = D, then H)
-    W         l<k>.W_h               (H, G·H)       layer k's recurrent weights
-    b         l<k>.b                 (G·H,)         layer k's bias
-    b_hn      l<k>.b_hn              (H,)           GRU only: the bias inside r*(h W_n + b_hn)
-    s_t, h_t  h[t]                   (B, H)         hidden state; c_t: the LSTM's cell state
-    V         out.W (tied: embed.T)  (H, |V|)       output weights
-    c         out.b                  (|V|,)         output bias
-    V_C, c_C  cls.W, cls.b           (H, C), (C,)   class softmax: p(k | h) = softmax(h V_C + c_C)
-    m_k       masks[k]               (T, B, D|H)    inverted-dropout masks: 0 or 1/keep
-    state     state                  (L, P, B, H)   carried between chunks: P = 1 [h], 2 [h, c]
-
+The names follow the code (``embed``, ``l<k>.W_x`` ...); the notation table that maps them
+to the textbook's E, U, W, V, c is in :mod:`rnngen.model`'s docstring and the README. The
+code multiplies row vectors: ``x_t U`` is the textbook's ``U x_t`` with U transposed.
 D is the embedding size, H the hidden size, C the number of classes, |V| the vocabulary.
 Parameters are a dict ``{name: array}`` as in :class:`rnngen.model.Model`; ``config`` is a
 :class:`rnngen.model.ModelConfig` (any object with the same fields will do).

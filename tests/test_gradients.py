@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from numeric import numeric_grad
 
 from rnngen.cells import make_cell
 from rnngen.lanes import SERIAL, Lanes
@@ -11,21 +12,6 @@ from rnngen.optim import RowGrad
 V, T, B = 7, 5, 3
 EPS = 1e-6
 TOL = 1e-5
-
-
-def numeric_grad(f, param: np.ndarray) -> np.ndarray:
-    """Central differences of the scalar f() w.r.t. every entry of ``param`` (in place)."""
-    num = np.zeros_like(param)
-    flat, nflat = param.reshape(-1), num.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        up = f()
-        flat[i] = old - EPS
-        down = f()
-        flat[i] = old
-        nflat[i] = (up - down) / (2 * EPS)
-    return num
 
 
 def rel_error(num: np.ndarray, ana: np.ndarray) -> float:

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from numeric import numeric_grad
 
 from rnngen import reference
 from rnngen.model import Model, ModelConfig
@@ -64,21 +65,6 @@ def test_fast_path_equals_reference(cell, tied, layers, softmax, dropout):
         assert_close(np.asarray(grads[name]), ref_grads[name], name)
     assert ref_final.shape == state.shape
     assert_close(final, ref_final, "final state")
-
-
-def numeric_grad(f, param, eps=1e-6):
-    """Central differences of the scalar f() for every entry of ``param`` (changed in place)."""
-    num = np.zeros_like(param)
-    flat = param.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        num.reshape(-1)[i] = (up - down) / (2 * eps)
-    return num
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
