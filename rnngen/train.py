@@ -17,58 +17,20 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 
 import numpy as np
 
 from . import blas, checkpoint
 from .checkpoint import Checkpoint
+from .config import TrainConfig
 from .errors import RnngenError
 from .model import Model, ModelConfig
-from .optim import DEFAULT_LR, OPTIMIZERS, clip_scale, global_norm, make_optimizer
+from .optim import clip_scale, global_norm, make_optimizer
 from .score import stream_logprob
 from .vocab import Vocab
 
 PROGRESS_EVERY = 60.0   # seconds between progress lines when stderr is not a terminal
-
-
-@dataclass
-class TrainConfig:
-    """How to train; saved in the checkpoint so ``--resume`` continues the same run."""
-
-    epochs: int = 10
-    batch_size: int = 20
-    bptt: int = 35
-    optimizer: str = "adam"
-    lr: float = 0.0                  # 0 means the optimiser's default (DEFAULT_LR)
-    lr_decay: float = 0.5            # factor applied when validation stops improving
-    decay_after: int = 0             # from this epoch on, apply lr_decay after every epoch; 0 = never
-    clip: float = 5.0                # global gradient-norm clip; 0 disables
-    seed: int = 0
-    patience: int = 0                # stop after this many epochs without improvement; 0 = never
-    max_time: float = 0.0            # seconds of training, 0 = no limit
-    max_steps: int = 0               # optimiser steps, 0 = no limit
-    checkpoint_every: float = 600.0  # seconds between periodic checkpoints, 0 = only per epoch
-
-    def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise RnngenError(f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
-        for name in ("epochs", "batch_size", "bptt"):
-            if getattr(self, name) < 1:
-                raise RnngenError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("lr", "clip", "patience", "max_time", "max_steps", "checkpoint_every", "decay_after"):
-            value = getattr(self, name)
-            if not (value >= 0 and math.isfinite(value)):
-                raise RnngenError(f"--{name.replace('_', '-')} must be a non-negative number")
-        if not 0 < self.lr_decay <= 1:
-            raise RnngenError("--lr-decay must be in (0, 1]")
-        if self.lr == 0:
-            self.lr = DEFAULT_LR[self.optimizer]
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class TrainingInterrupted(Exception):
