@@ -1,8 +1,8 @@
 """Optimisers and global gradient-norm clipping. State is plain arrays, for checkpoints.
 
 Each update is one fused, vectorised pass over a parameter and its gradient (Numba), with
-the clipping factor folded in: on PTB the separate NumPy passes (scale the gradients,
-form ``lr * g``, subtract) cost more than the recurrence itself. The embedding's gradient
+the clipping factor folded in: separate NumPy passes (scale the gradients, form ``lr * g``,
+subtract) would each read and write every parameter again. The embedding's gradient
 is a :class:`RowGrad`, non-zero only in the rows of the chunk's tokens, and SGD and Adagrad
 update only those rows. Big arrays are updated (and their norms taken) in one piece per lane.
 """
@@ -24,7 +24,7 @@ from .rowgrad import RowGrad
 LOOP_OPTIONS = {**SUM_OPTIONS, "fastmath": SUM_OPTIONS["fastmath"] | {"nsz"}}
 
 # Arrays with at least this many values are updated and summed in one piece per lane: the
-# output layer's weights (2M values on PTB) would otherwise keep one thread busy alone.
+# output layer's weights (hidden x vocabulary values) would otherwise keep one thread busy alone.
 SPLIT_MIN = 1 << 18
 
 
@@ -32,7 +32,7 @@ SPLIT_MIN = 1 << 18
 def _sum_squares(g):
     g = g.ravel()
     acc = 0.0
-    for i in range(g.size):                                      # indexed: vectorises, 10x the iterator
+    for i in range(g.size):                                      # indexed: LLVM vectorises it, not an iterator
         x = np.float64(g[i])
         acc += x * x
     return acc

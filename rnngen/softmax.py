@@ -113,8 +113,8 @@ class FullSoftmax:
     def packed(self, p):
         """Within the block, the logits of ``p``'s output weights (which must not change
         there) are products with one packed copy of them: for a scoring job's many row
-        pieces (:class:`rnngen.blas.Packed`). RNN-200 on PTB, two lanes, A/B: lines 1.09x,
-        the stream 1.01x and 1.14x in two runs."""
+        pieces (:class:`rnngen.blas.Packed`), which then skip packing the same weights again
+        in every product."""
         before = self._frozen
         self._frozen = Packed(self._right(p))
         try:
