@@ -29,6 +29,13 @@ OPTIMIZER_NAMES = ("sgd", "adagrad", "adam")
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
 
 
+def known_fields(cls, data: dict) -> dict:
+    """The entries of ``data`` (read from JSON) that are fields of the dataclass ``cls``: a
+    checkpoint written by another version of rnngen may hold more, or fewer."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
 def layer_shapes(cell: str, n_in: int, hidden: int) -> dict[str, tuple[int, ...]]:
     """One recurrent layer's parameters: input weights W_x (n_in, G·H), recurrent weights
     W_h (H, G·H) and bias b (G·H,), one block of H columns per gate; the GRU keeps b_hn (H,)
@@ -113,8 +120,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**known_fields(cls, data))
 
     def with_classes(self, counts) -> ModelConfig:
         """For the class softmax: bin the vocabulary by these token counts (ids 0..V-1)."""
@@ -185,5 +191,4 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**known_fields(cls, data))

@@ -23,14 +23,14 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
 
 from . import blas, checkpoint
 from .checkpoint import Checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, known_fields
 from .corpus import count_corpus, encode_files
 from .errors import RnngenError
 from .lanes import SERIAL, Lanes
@@ -223,8 +223,7 @@ class Progress:
 
     @classmethod
     def from_json(cls, data: dict) -> Progress:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**known_fields(cls, data))
 
     def advance(self, nll: float, tokens: int, seconds: float) -> None:
         """Count one step on a chunk of ``tokens`` tokens that took ``seconds``."""

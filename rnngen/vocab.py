@@ -132,12 +132,5 @@ class Vocab:
         return sep.join(self.tokens[int(i)] for i in ids)
 
     def to_json(self) -> dict:
+        """The vocabulary as a checkpoint stores it (read back by rnngen.checkpoint, which checks it)."""
         return {"unit": self.unit, "lowercase": self.lowercase, "tokens": self.tokens}
-
-    @classmethod
-    def from_json(cls, data: dict) -> Vocab:
-        try:
-            return cls(unit=data["unit"], lowercase=bool(data["lowercase"]),
-                       tokens=[str(t) for t in data["tokens"]])
-        except (KeyError, TypeError) as exc:
-            raise RnngenError(f"malformed vocabulary: {exc}") from None
