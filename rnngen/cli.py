@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .config import ACTIVATIONS, CELL_NAMES, OPTIMIZER_NAMES, SOFTMAX_NAMES
+from .config import ACTIVATIONS, CELL_NAMES, OPTIMIZER_NAMES, SOFTMAX_NAMES, ModelConfig, TrainConfig
 from .errors import RnngenError
 
 MODEL_HELP = "Checkpoint to use (default: $RNNGEN_MODEL, else model.npz)."
@@ -194,7 +194,6 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
     """
     from . import jit
     from .checkpoint import check_writable
-    from .config import ModelConfig
     from .train import TrainingInterrupted, prepare_data
     from .train import train as run_training
 
@@ -230,8 +229,6 @@ def _resumable(path: str):
 def _train_config(ctx, options: dict, resume):
     """This run's TrainConfig: the training options; on --resume the saved ones, overridden by
     those given now and by this run's limits (RUN_LIMITS)."""
-    from .config import TrainConfig
-
     if resume is None:
         return TrainConfig(**options)
     saved = {k: v for k, v in resume.train.items() if k != "progress"}

@@ -40,7 +40,8 @@ from .score import stream_logprob
 from .textio import TextFile
 from .vocab import Vocab
 
-__all__ = ["TrainConfig", "TrainingInterrupted", "prepare_data", "train", "train_step"]   # TrainConfig: from config
+# TrainConfig's home is rnngen.config; it stays importable from here.
+__all__ = ["TrainConfig", "TrainingInterrupted", "prepare_data", "train", "train_step"]
 
 PROGRESS_EVERY = 60.0   # seconds between progress lines when stderr is not a terminal
 MAX_RECOVERIES = 3      # divergences in a row (each halving the learning rate) before giving up
