@@ -2,6 +2,7 @@
 
     config (and errors) -> jit, lanes, blas -> kernels -> rowgrad, cells, softmax, optim
         -> model -> score, sample, checkpoint -> train -> cli
+    (vocab, textio and corpus import only errors; score, sample, checkpoint and train use them)
 
 No module imports one that imports it back, directly or through others, whether at the top
 or inside a function: the imports in functions are there to keep start-up fast, never to
