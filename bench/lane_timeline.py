@@ -5,7 +5,8 @@
 
 bench/profile_step.py samples only the calling thread; this wraps the lanes' task runner
 (and the output layer's rows, the cells' recurrence and the drains) with clocks, runs the
-steps that bench/rnngen_lm.py times (loss and gradients, norm, SGD), and prints how busy
+steps that bench/rnngen_lm.py times (rnngen.train.train_step: loss and gradients, norm,
+SGD), and prints how busy
 each thread was, by task, over --steps steps after --warmup, then the timeline of the last
 --show steps in ms from the step's start. Each clock costs ~1 µs; a step is ~50 ms.
 """
@@ -44,9 +45,10 @@ def main(argv=None) -> int:
     from common import load_data
 
     from rnngen import cells, lanes, softmax
+    from rnngen import train as training
     from rnngen.model import Model, ModelConfig
-    from rnngen.optim import SGD, clip_scale, global_norm
-    from rnngen.train import batchify, time_major
+    from rnngen.optim import SGD
+    from rnngen.train import batchify, time_major, train_step
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "ids.npz"
@@ -103,20 +105,26 @@ def main(argv=None) -> int:
     inputs, targets = batchify(train_ids, BATCH)
     state = model.zero_state(BATCH)
     lane_set = lanes.training_lanes(2, "full")
-    phases: collections.Counter = collections.Counter()
+    phases: collections.Counter = collections.Counter()        # the calling thread's time in each phase
+
+    def phase(name, fn):
+        """``fn`` with its time added to ``phases`` under ``name``."""
+        def run(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                phases[name] += time.perf_counter() - t
+        return run
+
+    model.loss_and_grads = phase("loss and gradients", model.loss_and_grads)    # the phases of train_step
+    training.global_norm = phase("norm", training.global_norm)
+    optim.step = phase("optimiser", optim.step)
 
     def step(i: int) -> None:
         nonlocal state
         x, y = time_major(inputs, i * BPTT, (i + 1) * BPTT), time_major(targets, i * BPTT, (i + 1) * BPTT)
-        t0 = time.perf_counter()
-        _, grads, state = model.loss_and_grads(x, y, state, None, lane_set)
-        t1 = time.perf_counter()
-        norm = global_norm(grads, lane_set)
-        t2 = time.perf_counter()
-        optim.step(model.params, grads, 0.1, clip_scale(norm, 5.0), lane_set)
-        phases["loss and gradients"] += t1 - t0
-        phases["norm"] += t2 - t1
-        phases["optimiser"] += time.perf_counter() - t2
+        state = train_step(model, optim, x, y, state, 0.1, 5.0, None, lane_set).state
 
     for i in range(args.warmup):
         step(i)

@@ -2,9 +2,9 @@
 
     python bench/rnngen_lm.py --data bench/results/ptb.npz --cell rnn --hidden 200 --threads 2
 
-Training repeats exactly the steps of ``rnngen.train.train`` for one chunk (loss and
-gradients, finite-loss check, global-norm clip, SGD step, state carried: truncated BPTT),
-timed per chunk; checkpointing and validation are left out. run.py starts this script in
+Training takes the steps ``rnngen.train.train`` takes (:func:`rnngen.train.train_step`: loss
+and gradients, finite-loss check, global-norm clip, SGD step; state carried: truncated
+BPTT), timed per chunk; checkpointing and validation are left out. run.py starts this script in
 its own process so that its thread settings and peak RSS are its own.
 """
 
@@ -32,18 +32,16 @@ def main(argv=None) -> dict:
     args = worker_parser(__doc__).parse_args(argv)
     set_thread_env(args.threads)           # before numpy loads OpenBLAS
 
-    import math
-
     import numpy as np
 
     from rnngen import blas
     from rnngen.cells import CELLS
     from rnngen.lanes import training_lanes
     from rnngen.model import Model, ModelConfig
-    from rnngen.optim import SGD, clip_scale, global_norm
+    from rnngen.optim import SGD
     from rnngen.sample import sample
     from rnngen.score import score_lines, stream_logprob
-    from rnngen.train import batchify, time_major
+    from rnngen.train import batchify, time_major, train_step
     from rnngen.vocab import Vocab
 
     if args.cell not in CELLS:
@@ -69,12 +67,11 @@ def main(argv=None) -> dict:
         nonlocal state
         start, stop = i * args.bptt, (i + 1) * args.bptt
         x, y = time_major(inputs, start, stop), time_major(targets, start, stop)
-        nll, grads, new_state = model.loss_and_grads(x, y, state, None, lanes)
-        if not math.isfinite(nll):
+        result = train_step(model, optim, x, y, state, args.lr, args.clip, None, lanes)
+        if not result.finite:
             raise SystemExit(f"training diverged at chunk {i}")
-        optim.step(model.params, grads, args.lr, clip_scale(global_norm(grads, lanes), args.clip), lanes)
-        state = new_state
-        return nll
+        state = result.state
+        return result.nll
 
     if training_phase(args, step, n_chunks, result):
         return None

@@ -3,7 +3,7 @@
     python bench/softmax_speed.py [--ptb ../shared/corpora/ptb] [--hidden 200] [--chunks 30]
 
 One process, the same PTB id stream and model size; the two models' training steps
-(loss and gradients, clipping, SGD update: what ``rnngen.train`` does per chunk) are
+(:func:`rnngen.train.train_step`: loss and gradients, clipping, SGD update) are
 timed alternately, chunk by chunk, so a busy machine slows both alike. Prints tokens/s
 (median and best chunk) and the ratio.
 """
@@ -19,8 +19,8 @@ import numpy as np
 
 from rnngen import blas
 from rnngen.model import Model, ModelConfig
-from rnngen.optim import SGD, clip_scale, global_norm
-from rnngen.train import batchify, prepare_data, time_major
+from rnngen.optim import SGD
+from rnngen.train import batchify, prepare_data, time_major, train_step
 
 
 def main() -> None:
@@ -48,8 +48,7 @@ def main() -> None:
         x, y = time_major(inputs, i * 35, (i + 1) * 35), time_major(targets, i * 35, (i + 1) * 35)
         for run in runs.values():
             t0 = time.perf_counter()
-            _, grads, run["state"] = run["model"].loss_and_grads(x, y, run["state"])
-            run["optim"].step(run["model"].params, grads, 1.0, clip_scale(global_norm(grads), 5.0))
+            run["state"] = train_step(run["model"], run["optim"], x, y, run["state"], 1.0, 5.0).state
             if i >= 2:                                  # the first chunks compile and warm up
                 run["times"].append(time.perf_counter() - t0)
     rate = {k: (700 / statistics.median(r["times"]), 700 / min(r["times"])) for k, r in runs.items()}

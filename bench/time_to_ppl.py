@@ -50,9 +50,9 @@ def rnngen_side(args, train_ids, valid_ids, V) -> dict:
     from rnngen import blas
     from rnngen.lanes import training_lanes
     from rnngen.model import Model, ModelConfig
-    from rnngen.optim import clip_scale, global_norm, make_optimizer
+    from rnngen.optim import make_optimizer
     from rnngen.score import stream_logprob
-    from rnngen.train import batchify, time_major, token_counts
+    from rnngen.train import batchify, time_major, token_counts, train_step
 
     m = MODEL
     config = ModelConfig(vocab_size=V, hidden=m["hidden"], softmax=args.softmax).with_classes(
@@ -66,9 +66,11 @@ def rnngen_side(args, train_ids, valid_ids, V) -> dict:
     def step(i: int) -> None:
         nonlocal state
         start, stop = i * m["bptt"], (i + 1) * m["bptt"]
-        _, grads, state = model.loss_and_grads(time_major(inputs, start, stop), time_major(targets, start, stop),
-                                               state, None, lanes)
-        optim.step(model.params, grads, m["lr"], clip_scale(global_norm(grads, lanes), m["clip"]), lanes)
+        result = train_step(model, optim, time_major(inputs, start, stop), time_major(targets, start, stop),
+                            state, m["lr"], m["clip"], None, lanes)
+        if not result.finite:
+            raise SystemExit(f"training diverged at chunk {i}")
+        state = result.state
 
     def evaluate() -> float:
         with blas.numpy_threads(args.threads):

@@ -13,27 +13,25 @@ import numpy as np
 
 from . import kernels
 from .blas import matmul
+from .config import GATES, STATE_PARTS, layer_shapes
 from .lanes import SERIAL, Lanes
 
 
 class Cell:
     """Shared plumbing; subclasses name their gates and call their kernels."""
 
-    name = ""
-    gates = 1          # gate blocks in W_x / W_h (4 for LSTM, 3 for GRU)
-    state_parts = 1    # arrays carried between chunks (h, plus c for LSTM)
+    name = ""          # one of config.CELL_NAMES
+    gates = 1          # gate blocks in W_x / W_h (config.GATES: 4 for LSTM, 3 for GRU)
+    state_parts = 1    # arrays carried between chunks (config.STATE_PARTS: h, plus c for LSTM)
 
     def __init__(self, activation: str = "tanh"):
         self.relu = activation == "relu"
 
-    def param_shapes(self, n_in: int, hidden: int) -> dict[str, tuple[int, ...]]:
-        gh = self.gates * hidden
-        return {"W_x": (n_in, gh), "W_h": (hidden, gh), "b": (gh,)}
-
     def init_params(self, n_in: int, hidden: int, rng: np.random.Generator, dtype) -> dict:
+        """The layer's parameters (:func:`rnngen.config.layer_shapes`), uniform in ±1/sqrt(hidden)."""
         bound = 1.0 / np.sqrt(hidden)
         return {k: rng.uniform(-bound, bound, size=s).astype(dtype)
-                for k, s in self.param_shapes(n_in, hidden).items()}
+                for k, s in layer_shapes(self.name, n_in, hidden).items()}
 
     def forward(self, P: dict, x: np.ndarray, state0: np.ndarray):
         """Run the layer over a chunk. Returns (h sequence, cache for backward, final state)."""
@@ -86,6 +84,7 @@ class RNNCell(Cell):
     """Vanilla (Elman) RNN: s_t = f(x_t U + s_{t-1} W + b)."""
 
     name = "rnn"
+    gates, state_parts = GATES[name], STATE_PARTS[name]
 
     def buffers(self, T, B, H, dtype):
         return {"h": np.empty((T, B, H), dtype=dtype)}                  # s_t, named h as in the other cells
@@ -109,8 +108,7 @@ class LSTMCell(Cell):
     c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t). State: state0[0] = h, state0[1] = c."""
 
     name = "lstm"
-    gates = 4
-    state_parts = 2
+    gates, state_parts = GATES[name], STATE_PARTS[name]
 
     def init_params(self, n_in, hidden, rng, dtype):
         p = super().init_params(n_in, hidden, rng, dtype)
@@ -144,12 +142,7 @@ class GRUCell(Cell):
     ``b_hn`` is a separate (H,) parameter because r multiplies it."""
 
     name = "gru"
-    gates = 3
-
-    def param_shapes(self, n_in, hidden):
-        shapes = super().param_shapes(n_in, hidden)
-        shapes["b_hn"] = (hidden,)
-        return shapes
+    gates, state_parts = GATES[name], STATE_PARTS[name]
 
     def buffers(self, T, B, H, dtype):
         return {"h": np.empty((T, B, H), dtype=dtype), "acts": np.empty((T, B, 3 * H), dtype=dtype),
@@ -173,7 +166,7 @@ class GRUCell(Cell):
         return dpre, drec, dh0[None], {"b_hn": drec[:, :, 2 * H:].sum(axis=(0, 1))}
 
 
-CELLS = {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell}
+CELLS = {cell.name: cell for cell in (RNNCell, GRUCell, LSTMCell)}     # config.CELL_NAMES, in its order
 
 
 def make_cell(name: str, activation: str = "tanh") -> Cell:

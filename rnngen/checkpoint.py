@@ -21,15 +21,17 @@ import json
 import math
 import os
 import stat
+import typing
 import uuid
 import zipfile
 from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 
-from .cells import make_cell
+from .config import ModelConfig, TrainConfig
 from .errors import RnngenError
-from .model import Model, ModelConfig
+from .model import Model
+from .optim import optimizer_class
 from .vocab import Vocab
 
 FORMAT = "rnngen-checkpoint"
@@ -38,7 +40,7 @@ MAX_META_BYTES = 256 << 20
 HEADER_SLACK = 4096     # bytes of .npy header allowed on top of an array's data
 READ_BLOCK = 1 << 20
 
-# JSON value checks, by the type names used in the config dataclasses and the records below.
+# JSON value checks, by kind: the records below name theirs; a config field's follows from its type.
 _INT_LIMIT = 1 << 63
 _KINDS = {
     "int": lambda v: type(v) is int and -_INT_LIMIT < v < _INT_LIMIT,
@@ -53,6 +55,7 @@ _KINDS = {
 _KIND_NAMES = {"int": "an integer", "count": "a non-negative integer", "float": "a number",
                "float|None": "a number or null",
                "rate": "a positive number", "bool": "true or false", "str": "a string", "dict": "an object"}
+_FIELD_KINDS = {int: "int", float: "float", bool: "bool", str: "str"}    # other fields: their __post_init__
 # What `rnngen info` reads from each history entry, and what --resume reads from progress.
 HISTORY_FIELDS = {"epoch": "count", "partial": "bool", "train_ppl": "float", "valid_ppl": "float|None",
                   "lr": "float", "tokens_per_s": "float"}
@@ -219,8 +222,6 @@ def _read(zf: zipfile.ZipFile, file_size: int, training_state: bool = True) -> C
     vocab = _vocab(vocab_json)
     if config.vocab_size != len(vocab):
         raise RnngenError(f"model expects {config.vocab_size} tokens, vocabulary has {len(vocab)}")
-    from .train import TrainConfig
-
     _check_fields(train, TrainConfig, "train")
     history = meta.get("history", [])
     if not isinstance(history, list):
@@ -231,7 +232,7 @@ def _read(zf: zipfile.ZipFile, file_size: int, training_state: bool = True) -> C
         raise RnngenError(f"model config declares {config.layers} layers, the file cannot hold them")
     shapes = config.param_shapes()
     expected = {f"param.{k}": s for k, s in shapes.items()}
-    _check_sizes(members, expected)             # before _resume_shapes allocates like-sized arrays
+    _check_sizes(members, expected)
     if any(name.startswith("resume.") for name in members):
         train_config = TrainConfig.from_json(train)
         _check_record(train.get("progress"), PROGRESS_FIELDS, "train progress")
@@ -350,14 +351,17 @@ def _check_record(data, kinds: dict, what: str) -> None:
 
 
 def _check_fields(data: dict, cls, what: str) -> None:
-    """JSON types of a config dataclass's fields, checked before the dataclass compares,
-    multiplies or allocates with them (a float, string, bool or 2**100 as a size)."""
+    """JSON types of a config dataclass's fields, checked by the fields' declared types before
+    the dataclass compares, multiplies or allocates with them (a float, string, bool or
+    2**100 as a size)."""
+    types = typing.get_type_hints(cls)
     for f in fields(cls):
+        kind = _FIELD_KINDS.get(types[f.name])
         if f.name not in data:
             if f.default is MISSING and f.default_factory is MISSING:
                 raise RnngenError(f"{what} config lacks {f.name!r}")
-        elif f.type in _KINDS and not _KINDS[f.type](data[f.name]):
-            raise RnngenError(f"{what} config: {f.name!r} must be {_KIND_NAMES[f.type]}, "
+        elif kind is not None and not _KINDS[kind](data[f.name]):
+            raise RnngenError(f"{what} config: {f.name!r} must be {_KIND_NAMES[kind]}, "
                               f"not {type(data[f.name]).__name__}")
 
 
@@ -376,15 +380,11 @@ def _check_rng(state: dict) -> None:
         raise RnngenError("train progress: 'rng' is not a valid random-generator state") from None
 
 
-def _resume_shapes(config: ModelConfig, shapes: dict, train) -> dict:
-    from .optim import make_optimizer  # the optimiser defines which state arrays exist
-
-    dummies = {k: np.zeros(s, dtype=np.float32) for k, s in shapes.items()}
-    optim = make_optimizer(train.optimizer, dummies)
+def _resume_shapes(config: ModelConfig, shapes: dict, train: TrainConfig) -> dict:
+    """The members only --resume reads: current parameters, optimiser state, recurrent state."""
     out = {f"resume.param.{k}": s for k, s in shapes.items()}
-    out.update({f"resume.optim.{k}": v.shape for k, v in optim.state.items()})
-    parts = make_cell(config.cell).state_parts
-    out["resume.state"] = (config.layers, parts, train.batch_size, config.hidden)
+    out.update({f"resume.optim.{k}": s for k, s in optimizer_class(train.optimizer).state_shapes(shapes).items()})
+    out["resume.state"] = config.state_shape(train.batch_size)
     return out
 
 

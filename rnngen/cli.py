@@ -1,5 +1,6 @@
-"""Command line: parses options and calls the library. Heavy imports happen inside commands
-so that ``rnngen --help`` starts instantly."""
+"""Command line: parses options and calls the library. Heavy imports (NumPy, Numba, the
+modules that load them) happen inside the commands, so that ``rnngen --help`` starts
+instantly; at the top only rnngen.config and rnngen.errors, which need neither."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import os
 import sys
 
 import click
+
+from .config import ACTIVATIONS, CELL_NAMES, OPTIMIZER_NAMES, SOFTMAX_NAMES, ModelConfig, TrainConfig
+from .errors import RnngenError
 
 MODEL_HELP = "Checkpoint to use (default: $RNNGEN_MODEL, else model.npz)."
 # Limits of one invocation, counted over the whole run: a --resume does not inherit them.
@@ -96,64 +100,91 @@ def cli():
     check()
 
 
+def _options(*options):
+    """One decorator for several click options, shown in --help in the order given."""
+    def apply(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return apply
+
+
+# The train command's options by what they configure. The data options are prepare_data's
+# keyword arguments, the model options ModelConfig's fields and the training options
+# TrainConfig's, under the same names.
+DATA_OPTIONS = ("valid_path", "valid_fraction", "unit", "lowercase", "vocab_size", "min_count", "encoding_errors")
+MODEL_OPTIONS = ("cell", "hidden", "layers", "embed", "activation", "dropout", "tie_weights", "softmax", "classes")
+
+data_options = _options(
+    click.option("-o", "--output", default="model.npz", show_default=True, help="Checkpoint to write."),
+    click.option("--valid", "valid_path", help="Validation text file (default: hold out the end of the corpus)."),
+    click.option("--valid-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+                 help="Fraction of lines held out for validation when --valid is not given."),
+    click.option("--unit", type=click.Choice(["word", "char"]), default="word", show_default=True,
+                 help="Tokens are whitespace-separated words or single characters."),
+    click.option("--lowercase", is_flag=True, help="Lowercase the text before tokenising."),
+    click.option("--vocab-size", type=click.IntRange(min=0), default=0,
+                 help="Keep the N most frequent tokens (+ <eos>, <unk>); 0 = all."),
+    click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Drop tokens seen fewer times."),
+)
+model_options = _options(
+    click.option("--cell", type=click.Choice(CELL_NAMES), default="rnn", show_default=True, help="Recurrent cell."),
+    click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True,
+                 help="Hidden units per layer."),
+    click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Stacked recurrent layers."),
+    click.option("--embed", type=click.IntRange(min=0), default=0, help="Embedding size (default: --hidden)."),
+    click.option("--activation", type=click.Choice(ACTIVATIONS), default="tanh", show_default=True,
+                 help="Non-linearity of the vanilla RNN."),
+    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+                 help="Dropout on non-recurrent connections."),
+    click.option("--tie-weights", is_flag=True, help="Share the embedding with the output layer."),
+    click.option("--softmax", type=click.Choice(SOFTMAX_NAMES), default="full", show_default=True,
+                 help="Output layer: full softmax, or frequency-binned word classes (much faster for large "
+                      "vocabularies)."),
+    click.option("--classes", type=click.IntRange(min=0), default=0,
+                 help="Word classes for --softmax class (default: about sqrt(vocabulary))."),
+)
+training_options = _options(
+    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), default=20, show_default=True),
+    click.option("--bptt", type=click.IntRange(min=1), default=35, show_default=True,
+                 help="Time steps per truncated-BPTT chunk."),
+    click.option("--optimizer", type=click.Choice(OPTIMIZER_NAMES), default="adam", show_default=True),
+    click.option("--lr", type=click.FloatRange(min=0), default=0.0,
+                 help="Learning rate (default: sgd 1, adagrad 0.1, adam 0.002)."),
+    click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+                 help="Multiply the learning rate by this when validation stops improving."),
+    click.option("--decay-after", type=click.IntRange(min=0), default=0,
+                 help="From this epoch on, apply --lr-decay after every epoch (Zaremba et al.: 4); 0 = only on "
+                      "plateaus."),
+    click.option("--clip", type=click.FloatRange(min=0), default=5.0, show_default=True,
+                 help="Global gradient-norm clip (0: off)."),
+    click.option("--patience", type=click.IntRange(min=0), default=0,
+                 help="Stop after N epochs without improvement (0: never)."),
+    click.option("--max-time", type=click.FloatRange(min=0), default=0.0,
+                 help="Stop once the run has trained this many seconds in all (not inherited by --resume)."),
+    click.option("--max-steps", type=click.IntRange(min=0), default=0,
+                 help="Stop once the run has taken this many optimiser steps in all (not inherited by --resume)."),
+    click.option("--checkpoint-every", type=click.FloatRange(min=0), default=600.0, show_default=True,
+                 help="Seconds between periodic checkpoints."),
+    click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for initialisation and dropout."),
+)
+
+
 @cli.command()
 @click.argument("corpus", nargs=-1, required=True)
-@click.option("-o", "--output", default="model.npz", show_default=True, help="Checkpoint to write.")
-@click.option("--valid", "valid_path", help="Validation text file (default: hold out the end of the corpus).")
-@click.option("--valid-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
-              help="Fraction of lines held out for validation when --valid is not given.")
-@click.option("--unit", type=click.Choice(["word", "char"]), default="word", show_default=True,
-              help="Tokens are whitespace-separated words or single characters.")
-@click.option("--lowercase", is_flag=True, help="Lowercase the text before tokenising.")
-@click.option("--vocab-size", type=click.IntRange(min=0), default=0,
-              help="Keep the N most frequent tokens (+ <eos>, <unk>); 0 = all.")
-@click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Drop tokens seen fewer times.")
-@click.option("--cell", type=click.Choice(["rnn", "gru", "lstm"]), default="rnn", show_default=True,
-              help="Recurrent cell.")
-@click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True, help="Hidden units per layer.")
-@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Stacked recurrent layers.")
-@click.option("--embed", type=click.IntRange(min=0), default=0, help="Embedding size (default: --hidden).")
-@click.option("--activation", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True,
-              help="Non-linearity of the vanilla RNN.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Dropout on non-recurrent connections.")
-@click.option("--tie-weights", is_flag=True, help="Share the embedding with the output layer.")
-@click.option("--softmax", type=click.Choice(["full", "class"]), default="full", show_default=True,
-              help="Output layer: full softmax, or frequency-binned word classes (much faster for large vocabularies).")
-@click.option("--classes", type=click.IntRange(min=0), default=0,
-              help="Word classes for --softmax class (default: about sqrt(vocabulary)).")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--bptt", type=click.IntRange(min=1), default=35, show_default=True,
-              help="Time steps per truncated-BPTT chunk.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "adam"]), default="adam", show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0), default=0.0,
-              help="Learning rate (default: sgd 1, adagrad 0.1, adam 0.002).")
-@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
-              help="Multiply the learning rate by this when validation stops improving.")
-@click.option("--decay-after", type=click.IntRange(min=0), default=0,
-              help="From this epoch on, apply --lr-decay after every epoch (Zaremba et al.: 4); 0 = only on plateaus.")
-@click.option("--clip", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Global gradient-norm clip (0: off).")
-@click.option("--patience", type=click.IntRange(min=0), default=0,
-              help="Stop after N epochs without improvement (0: never).")
-@click.option("--max-time", type=click.FloatRange(min=0), default=0.0,
-              help="Stop once the run has trained this many seconds in all (not inherited by --resume).")
-@click.option("--max-steps", type=click.IntRange(min=0), default=0,
-              help="Stop once the run has taken this many optimiser steps in all (not inherited by --resume).")
-@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=600.0, show_default=True,
-              help="Seconds between periodic checkpoints.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for initialisation and dropout.")
+@data_options
+@model_options
+@training_options
 @click.option("--resume", "resume_path", help="Continue the run saved in this checkpoint.")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
               help="What to do with bytes that are not UTF-8.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or epoch lines.")
 @threads_option
 @click.pass_context
-def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, vocab_size, min_count, cell,
-          hidden, layers, embed, activation, dropout, tie_weights, softmax, classes, resume_path, encoding_errors,
-          quiet, threads, **train_options):
+def train(ctx, corpus, output, resume_path, quiet, threads, **options):
     """Train a language model on CORPUS (text files, one sentence per line; - for stdin).
 
     \b
@@ -170,35 +201,19 @@ def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, voca
     """
     from . import blas, jit
     from .checkpoint import check_writable
-    from .errors import RnngenError
-    from .model import ModelConfig
-    from .train import TrainConfig, TrainingInterrupted, prepare_data
+    from .train import TrainingInterrupted, prepare_data
     from .train import train as run_training
 
+    data = {name: options.pop(name) for name in DATA_OPTIONS}
+    model = {name: options.pop(name) for name in MODEL_OPTIONS}
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    notes: list[str] = []                               # said after the BLAS line, the log's first
     check_writable(output)                              # before minutes of reading and training
-    resume = None
-    if resume_path:
-        resume = _load(resume_path)
-        if resume.resume is None:
-            raise RnngenError(f"{resume_path}: holds no training state to resume from")
-        saved = dict(resume.train)
-        saved.pop("progress", None)
-        for name, value in train_options.items():       # options given now win over saved ones
-            if name in RUN_LIMITS or ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
-                saved[name] = value
-        config = TrainConfig.from_json(saved)
-        model_config = resume.model.config
-        vocab, train_ids, valid_ids = prepare_data(list(corpus), valid_path, valid_fraction, vocab=resume.vocab,
-                                                   encoding_errors=encoding_errors, log=notes.append)
-    else:
-        config = TrainConfig(**train_options)
-        vocab, train_ids, valid_ids = prepare_data(list(corpus), valid_path, valid_fraction, unit, lowercase,
-                                                   vocab_size, min_count, encoding_errors, log=notes.append)
-        model_config = ModelConfig(vocab_size=len(vocab), cell=cell, hidden=hidden, layers=layers, embed=embed,
-                                   activation=activation, dropout=dropout, tie_weights=tie_weights,
-                                   softmax=softmax, classes=classes)
+    resume = _resumable(resume_path) if resume_path else None
+    config = _train_config(ctx, options, resume)
+    notes: list[str] = []                               # said after the BLAS line, the log's first
+    vocab, train_ids, valid_ids = prepare_data(list(corpus), **data, vocab=resume.vocab if resume else None,
+                                               log=notes.append)
+    model_config = resume.model.config if resume else ModelConfig(vocab_size=len(vocab), **model)
     for note in [f"rnngen: {blas.chosen().describe()}", *notes]:
         log(note)
     log(f"rnngen: {len(train_ids):,} training tokens, "
@@ -209,25 +224,50 @@ def train(ctx, corpus, output, valid_path, valid_fraction, unit, lowercase, voca
         run_training(train_ids, valid_ids, vocab, model_config, config, output, resume=resume, log=log,
                      progress=not quiet and sys.stderr.isatty(), threads=threads)
     except TrainingInterrupted as exc:
-        import signal
-
-        for sig in (signal.SIGINT, signal.SIGTERM):     # saved: another one could only garble the exit
-            signal.signal(sig, signal.SIG_IGN)
-        # Everything the saved state does not pin down goes into the command: the data
-        # options (the resumed data must be the same) and this run's limits.
-        cmd = ["rnngen", "train", *corpus]
-        if valid_path:
-            cmd += ["--valid", valid_path]
-        if ctx.get_parameter_source("valid_fraction") != click.core.ParameterSource.DEFAULT:
-            cmd += ["--valid-fraction", str(valid_fraction)]
-        if encoding_errors != "strict":
-            cmd += ["--encoding-errors", encoding_errors]
-        cmd += [f"--{name.replace('_', '-')}={getattr(config, name)}" for name in RUN_LIMITS if getattr(config, name)]
-        cmd += ["-q"] if quiet else []
-        cmd += ["--resume", output, "-o", output]
-        click.echo(f"rnngen: interrupted at {exc}; saved {output}. Resume with: {_shell_join(cmd)}", err=True)
-        sys.exit(128 + exc.signum)
+        _exit_interrupted(ctx, exc, output, corpus, data, config, quiet)
     log(f"rnngen: saved {output}")
+
+
+def _resumable(path: str):
+    """The checkpoint at ``path``, which must hold the state to resume from."""
+    resume = _load(path)
+    if resume.resume is None:
+        raise RnngenError(f"{path}: holds no training state to resume from")
+    return resume
+
+
+def _train_config(ctx, options: dict, resume):
+    """This run's TrainConfig: the training options; on --resume the saved ones, overridden by
+    those given now and by this run's limits (RUN_LIMITS)."""
+    if resume is None:
+        return TrainConfig(**options)
+    saved = {k: v for k, v in resume.train.items() if k != "progress"}
+    for name, value in options.items():
+        if name in RUN_LIMITS or ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+            saved[name] = value
+    return TrainConfig.from_json(saved)
+
+
+def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: bool):
+    """After a signal (the state is saved): print the command that resumes, and exit."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):     # saved: another one could only garble the exit
+        signal.signal(sig, signal.SIG_IGN)
+    # Everything the saved state does not pin down goes into the command: the data
+    # options (the resumed data must be the same) and this run's limits.
+    cmd = ["rnngen", "train", *corpus]
+    if data["valid_path"]:
+        cmd += ["--valid", data["valid_path"]]
+    if ctx.get_parameter_source("valid_fraction") != click.core.ParameterSource.DEFAULT:
+        cmd += ["--valid-fraction", str(data["valid_fraction"])]
+    if data["encoding_errors"] != "strict":
+        cmd += ["--encoding-errors", data["encoding_errors"]]
+    cmd += [f"--{name.replace('_', '-')}={getattr(config, name)}" for name in RUN_LIMITS if getattr(config, name)]
+    cmd += ["-q"] if quiet else []
+    cmd += ["--resume", output, "-o", output]
+    click.echo(f"rnngen: interrupted at {exc}; saved {output}. Resume with: {_shell_join(cmd)}", err=True)
+    sys.exit(128 + exc.signum)
 
 
 def _shell_join(args: list[str]) -> str:
@@ -296,44 +336,50 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
       rnngen score --format jsonl --per-token "the dog barks ."
       rnngen score --stream valid.txt          # perplexity of a whole file
     """
-    from .errors import RnngenError
-    from .score import score_lines, stream_logprob
+    from .score import score_lines
     from .textio import decode_arg
 
     sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
     ckpt = _load_for_use(model_path, threads, "score")
-    model, vocab = ckpt.model, ckpt.vocab
-    totals = [0.0, 0]
     if stream_path:
-        from .corpus import encode_files
-        from .textio import TextFile
-
-        with TextFile(stream_path, encoding_errors) as text_file:
-            ids = encode_files([text_file], vocab)
-        logprob, count = stream_logprob(model, ids)
-        from .score import SentenceScore
-
-        oov = int((ids == vocab.unk).sum())
-        _emit([SentenceScore(stream_path, logprob, count, oov)], fmt, per_token)
-        totals = [logprob, count]
+        batches = [[_stream_score(ckpt, stream_path, encoding_errors)]]
     elif sentences and sentences != ("-",):
-        for i, sentence in enumerate(sentences):
-            if not len(vocab.encode_line(sentence)[0]):
-                raise RnngenError(f"sentence {i + 1} is empty (to score the end-of-line token alone, "
-                                  "give an empty line on stdin: echo | rnngen score -)")
-        for results in (score_lines(model, vocab, list(sentences), per_token),):
-            _emit(results, fmt, per_token)
-            totals = [sum(r.logprob for r in results), sum(r.tokens for r in results)]
-    else:
-        for lines in _stdin_line_batches(encoding_errors):
-            results = score_lines(model, vocab, lines, per_token)
-            _emit(results, fmt, per_token)
-            totals[0] += sum(r.logprob for r in results)
-            totals[1] += sum(r.tokens for r in results)
-    if not quiet and totals[1]:
+        batches = [_argument_scores(ckpt, sentences, per_token)]
+    else:                                               # stdin, each batch scored as soon as it is read
+        batches = (score_lines(ckpt.model, ckpt.vocab, lines, per_token)
+                   for lines in _stdin_line_batches(encoding_errors))
+    logprob, tokens = 0.0, 0
+    for results in batches:
+        _emit(results, fmt, per_token)
+        logprob += sum(r.logprob for r in results)
+        tokens += sum(r.tokens for r in results)
+    if not quiet and tokens:
         import math
 
-        click.echo(f"rnngen: {totals[1]:,} tokens, perplexity {math.exp(-totals[0] / totals[1]):.3f}", err=True)
+        click.echo(f"rnngen: {tokens:,} tokens, perplexity {math.exp(-logprob / tokens):.3f}", err=True)
+
+
+def _stream_score(ckpt, path: str, encoding_errors: str):
+    """The file at ``path`` scored as one stream (state carried across lines)."""
+    from .corpus import encode_files
+    from .score import SentenceScore, stream_logprob
+    from .textio import TextFile
+
+    with TextFile(path, encoding_errors) as text_file:
+        ids = encode_files([text_file], ckpt.vocab)
+    logprob, count = stream_logprob(ckpt.model, ids)
+    return SentenceScore(path, logprob, count, int((ids == ckpt.vocab.unk).sum()))
+
+
+def _argument_scores(ckpt, sentences: tuple[str, ...], per_token: bool):
+    """The SENTENCE arguments scored, each on its own; an empty one is an error."""
+    from .score import score_lines
+
+    for i, sentence in enumerate(sentences):
+        if not len(ckpt.vocab.encode_line(sentence)[0]):
+            raise RnngenError(f"sentence {i + 1} is empty (to score the end-of-line token alone, "
+                              "give an empty line on stdin: echo | rnngen score -)")
+    return score_lines(ckpt.model, ckpt.vocab, list(sentences), per_token)
 
 
 def _emit(results, fmt: str, per_token: bool) -> None:
@@ -371,8 +417,6 @@ def _stdin_line_batches(encoding_errors: str):
     available is scored together (fast on files), a lone line is scored at once (tail -f).
     A line's pieces are joined only once it is complete: linear time on one huge line."""
     import codecs
-
-    from .errors import RnngenError
 
     decoder = codecs.getincrementaldecoder("utf-8")(errors=encoding_errors)
     stream = sys.stdin.buffer
@@ -446,7 +490,6 @@ def info(model_path):
 
 def main(argv=None) -> None:
     """Entry point: every expected failure becomes one line on stderr and a non-zero exit."""
-    from .errors import RnngenError
 
     prog = "rnngen"
     try:

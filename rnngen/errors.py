@@ -1,5 +1,8 @@
-"""The one exception type users see: the CLI prints it as a single line and exits non-zero."""
+"""The one exception type users see: the CLI prints it as a single line and exits non-zero.
 
+It is defined in :mod:`rnngen.config`, the bottom of the package, so that every module can
+raise it, this one included; ``rnngen.errors.RnngenError`` is its public name."""
 
-class RnngenError(Exception):
-    """A problem with the user's input, options or files (never a bug in rnngen)."""
+from .config import RnngenError
+
+__all__ = ["RnngenError"]

@@ -32,89 +32,16 @@ number of classes, |V| the vocabulary.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
-
 import numpy as np
 
-from .cells import CELLS, make_cell
-from .errors import RnngenError
+from .cells import make_cell
+from .config import ModelConfig
 from .kernels import scatter_add_rows
 from .lanes import SERIAL, Lanes
-from .optim import RowGrad
-from .softmax import OUTPUTS, frequency_classes
+from .rowgrad import RowGrad
+from .softmax import OUTPUTS
 
-
-@dataclass
-class ModelConfig:
-    """Architecture. ``embed`` 0 means "same as hidden"."""
-
-    vocab_size: int
-    cell: str = "rnn"
-    hidden: int = 128
-    layers: int = 1
-    embed: int = 0
-    activation: str = "tanh"
-    dropout: float = 0.0
-    tie_weights: bool = False
-    softmax: str = "full"
-    classes: int = 0                                   # class softmax: 0 = about sqrt(vocab)
-    class_bounds: list = field(default_factory=list)   # C+1 ids, filled from word counts
-
-    def __post_init__(self):
-        if self.cell not in CELLS:
-            raise RnngenError(f"unknown cell {self.cell!r} (choose from {', '.join(CELLS)})")
-        if self.activation not in ("tanh", "relu"):
-            raise RnngenError(f"unknown activation {self.activation!r} (choose tanh or relu)")
-        for name in ("vocab_size", "hidden", "layers"):
-            if getattr(self, name) < 1:
-                raise RnngenError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.embed < 0:
-            raise RnngenError("--embed must be at least 1 (or 0 for the hidden size)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise RnngenError("--dropout must be in [0, 1)")
-        if self.tie_weights and self.embed_size != self.hidden:
-            raise RnngenError("--tie-weights needs --embed equal to --hidden")
-        if self.softmax not in OUTPUTS:
-            raise RnngenError(f"unknown softmax {self.softmax!r} (choose from {', '.join(OUTPUTS)})")
-        b = self.class_bounds
-        if self.classes < 0:
-            raise RnngenError("--classes must be at least 1 (or 0 for about sqrt(vocabulary))")
-        if self.softmax == "class" and b and not (
-                isinstance(b, list) and len(b) >= 2 and all(isinstance(i, int) for i in b)
-                and b[0] == 0 and b[-1] == self.vocab_size and all(x < y for x, y in zip(b, b[1:]))):
-            raise RnngenError("class softmax needs class bounds increasing from 0 to the vocabulary size")
-
-    @property
-    def embed_size(self) -> int:
-        return self.embed or self.hidden
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    def with_classes(self, counts: np.ndarray) -> ModelConfig:
-        """For the class softmax: bin the vocabulary by these token counts (ids 0..V-1)."""
-        if self.softmax != "class" or self.class_bounds:
-            return self
-        n = self.classes or max(1, round(math.sqrt(self.vocab_size)))
-        return replace(self, class_bounds=frequency_classes(counts, n))
-
-    @classmethod
-    def from_json(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every parameter's name and shape, in a fixed order."""
-        cell = make_cell(self.cell, self.activation)
-        shapes = {"embed": (self.vocab_size, self.embed_size)}
-        n_in = self.embed_size
-        for layer in range(self.layers):
-            for k, s in cell.param_shapes(n_in, self.hidden).items():
-                shapes[f"l{layer}.{k}"] = s
-            n_in = self.hidden
-        shapes.update(OUTPUTS[self.softmax](self).param_shapes(self))
-        return shapes
+__all__ = ["Model", "ModelConfig"]      # ModelConfig's home is rnngen.config; importable here too
 
 
 class Model:
@@ -139,7 +66,7 @@ class Model:
             for k, v in cell.init_params(n_in, config.hidden, rng, dtype).items():
                 p[f"l{layer}.{k}"] = v
             n_in = config.hidden
-        for name, shape in OUTPUTS[config.softmax](config).param_shapes(config).items():
+        for name, shape in config.output_shapes().items():
             p[name] = (np.zeros(shape) if name.endswith(".b") else rng.uniform(-0.1, 0.1, shape)).astype(dtype)
         return cls(config, p)
 
@@ -152,8 +79,7 @@ class Model:
 
     def zero_state(self, batch: int) -> np.ndarray:
         """Initial recurrent state: (layers, state parts, batch, hidden)."""
-        c = self.config
-        return np.zeros((c.layers, self.cell.state_parts, batch, c.hidden), dtype=self.dtype)
+        return np.zeros(self.config.state_shape(batch), dtype=self.dtype)
 
     def layer_params(self, layer: int) -> dict[str, np.ndarray]:
         prefix = f"l{layer}."
@@ -196,7 +122,7 @@ class Model:
 
     def loss_and_grads(self, inputs, targets, state, masks=None, lanes: Lanes = SERIAL):
         """Summed NLL of the chunk, gradients of (summed NLL / batch), and the final state.
-        The embedding's gradient is a :class:`rnngen.optim.RowGrad` (only the chunk's tokens'
+        The embedding's gradient is a :class:`rnngen.rowgrad.RowGrad` (only the chunk's tokens'
         rows) unless the weights are tied; ``np.asarray`` makes any gradient dense.
 
         ``inputs``/``targets`` are token ids (T, B); ``state`` comes from the previous chunk

@@ -1,8 +1,8 @@
 """Optimisers and global gradient-norm clipping. State is plain arrays, for checkpoints.
 
 Each update is one fused, vectorised pass over a parameter and its gradient (Numba), with
-the clipping factor folded in: on PTB the separate NumPy passes (scale the gradients,
-form ``lr * g``, subtract) cost more than the recurrence itself. The embedding's gradient
+the clipping factor folded in: separate NumPy passes (scale the gradients, form ``lr * g``,
+subtract) would each read and write every parameter again. The embedding's gradient
 is a :class:`RowGrad`, non-zero only in the rows of the chunk's tokens, and SGD and Adagrad
 update only those rows. Big arrays are updated (and their norms taken) in one piece per lane.
 """
@@ -13,27 +13,26 @@ import math
 
 import numpy as np
 
+from .config import OPTIMIZER_NAMES
 from .errors import RnngenError
 from .jit import SUM_OPTIONS, kernel
-from .kernels import scatter_add_rows
 from .lanes import SERIAL, Lanes
+from .rowgrad import RowGrad
 
 # The kernels' options with reassociation (for the reductions) and no signed zeros; NaN and
 # inf keep their meaning, since divergence detection reads them from the gradient norm.
 LOOP_OPTIONS = {**SUM_OPTIONS, "fastmath": SUM_OPTIONS["fastmath"] | {"nsz"}}
 
-OPTIMIZERS = ("sgd", "adagrad", "adam")
 # Arrays with at least this many values are updated and summed in one piece per lane: the
-# output layer's weights (2M values on PTB) would otherwise keep one thread busy alone.
+# output layer's weights (hidden x vocabulary values) would otherwise keep one thread busy alone.
 SPLIT_MIN = 1 << 18
-DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
 
 
 @kernel(**LOOP_OPTIONS)
 def _sum_squares(g):
     g = g.ravel()
     acc = 0.0
-    for i in range(g.size):                                      # indexed: vectorises, 10x the iterator
+    for i in range(g.size):                                      # indexed: LLVM vectorises it, not an iterator
         x = np.float64(g[i])
         acc += x * x
     return acc
@@ -77,35 +76,6 @@ def _adagrad_rows(p, rows, g, acc, lr, scale, eps):
         _adagrad(p[rows[i]], g[i], acc[rows[i]], lr, scale, eps)
 
 
-class RowGrad:
-    """A gradient that is zero outside ``rows`` (sorted, distinct), where it is ``values``:
-    an embedding's, whose rows are the chunk's distinct tokens, at most a few hundred of the
-    vocabulary's 10,000 on PTB. The dense array cost a zeroing pass and, in the norm and the
-    SGD update, two more passes over all V x E values per step. ``np.asarray`` gives the dense
-    gradient."""
-
-    def __init__(self, rows: np.ndarray, values: np.ndarray, shape: tuple):
-        self.rows, self.values, self.shape = rows, values, tuple(shape)
-        self.dtype = values.dtype
-
-    @classmethod
-    def of_rows(cls, ids: np.ndarray, dx: np.ndarray, shape: tuple) -> RowGrad:
-        """The gradient of an embedding lookup ``E[ids]`` whose output's gradient is ``dx``
-        (one row per id): dE[r] = the sum of dx's rows for id r."""
-        rows, where = np.unique(ids, return_inverse=True)
-        values = np.zeros((len(rows), dx.shape[1]), dtype=dx.dtype)
-        scatter_add_rows(values, where.reshape(-1), dx)
-        return cls(rows, values, shape)
-
-    def dense(self) -> np.ndarray:
-        out = np.zeros(self.shape, dtype=self.dtype)
-        out[self.rows] = self.values
-        return out
-
-    def __array__(self, dtype=None, copy=None):
-        return self.dense() if dtype is None else self.dense().astype(dtype)
-
-
 def _pieces(size: int, lanes: Lanes) -> list[slice]:
     """The flat index ranges an array of ``size`` values is handled in: one per lane if big."""
     return [slice(a, b) for a, b in lanes.split(size)] if size >= SPLIT_MIN else [slice(0, size)]
@@ -145,15 +115,22 @@ def clip_scale(norm: float, max_norm: float) -> float:
 
 
 class Optimizer:
-    """Updates parameters in place. ``state`` maps names to arrays (saved with checkpoints)."""
+    """Updates parameters in place. ``state`` maps names to arrays (saved with checkpoints):
+    for each parameter ``k`` and each of the class's ``slots``, ``k.<slot>``, shaped as ``k``."""
 
+    slots: tuple[str, ...] = ()
     # Does a zero gradient leave a parameter and its state unchanged? Then a RowGrad's update
     # can skip its zero rows (update_rows) and still equal the dense update.
     zero_is_no_op = True
 
     def __init__(self, params: dict[str, np.ndarray]):
-        self.state: dict[str, np.ndarray] = {}
+        self.state = {f"{k}.{slot}": np.zeros_like(v) for k, v in params.items() for slot in self.slots}
         self.steps = 0
+
+    @classmethod
+    def state_shapes(cls, param_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """The names and shapes of ``state`` for parameters of these shapes, without making it."""
+        return {f"{k}.{slot}": shape for k, shape in param_shapes.items() for slot in cls.slots}
 
     def step(self, params, grads, lr: float, scale: float = 1.0, lanes: Lanes = SERIAL):
         """One update with the gradients multiplied by ``scale`` (the clipping factor); one
@@ -186,11 +163,8 @@ class SGD(Optimizer):
 
 
 class Adagrad(Optimizer):
+    slots = ("sum_sq",)
     eps = 1e-8
-
-    def __init__(self, params):
-        super().__init__(params)
-        self.state = {f"{k}.sum_sq": np.zeros_like(v) for k, v in params.items()}
 
     def update(self, name, part, p, g, lr, scale):
         t = p.dtype.type
@@ -203,14 +177,9 @@ class Adagrad(Optimizer):
 
 
 class Adam(Optimizer):
+    slots = ("m", "v")
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     zero_is_no_op = False                                        # momentum moves rows without gradient
-
-    def __init__(self, params):
-        super().__init__(params)
-        for k, v in params.items():
-            self.state[f"{k}.m"] = np.zeros_like(v)
-            self.state[f"{k}.v"] = np.zeros_like(v)
 
     def update(self, name, part, p, g, lr, scale):
         t = p.dtype.type
@@ -219,8 +188,14 @@ class Adam(Optimizer):
               _flat(self.state[f"{name}.v"], part), t(step), t(scale), t(self.beta1), t(self.beta2), t(self.eps))
 
 
+OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam}     # under the names of config.OPTIMIZER_NAMES
+
+
+def optimizer_class(name: str) -> type[Optimizer]:
+    if name not in OPTIMIZERS:
+        raise RnngenError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZER_NAMES)})")
+    return OPTIMIZERS[name]
+
+
 def make_optimizer(name: str, params: dict[str, np.ndarray]) -> Optimizer:
-    try:
-        return {"sgd": SGD, "adagrad": Adagrad, "adam": Adam}[name](params)
-    except KeyError:
-        raise RnngenError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})") from None
+    return optimizer_class(name)(params)

@@ -34,8 +34,9 @@ def sample_blocks(model: Model, vocab: Vocab, n: int = 10, temperature: float = 
 
     With NumPy's BLAS on several threads (``rnngen sample --n N``, N > 1, on several cores:
     :func:`rnngen.blas.use_threads`), each block's lines are split over that many lanes, one
-    sampling kernel per lane with its BLAS on one thread: 100 lines of a PTB-sized model on 2
-    threads came 1.8x as fast as with the kernel's products split over the threads."""
+    sampling kernel per lane with its BLAS on one thread: the lines are independent, so each
+    lane runs without waiting for the others, where splitting each of the kernel's small
+    products over the threads would make them meet at every product."""
     if n < 0:
         raise RnngenError("--n must be at least 0")
     if not temperature >= 0:

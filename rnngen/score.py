@@ -25,7 +25,7 @@ CHUNK = 256          # time steps per forward call: bounds memory for very long 
 BATCH_LINES = 64     # sentences scored side by side
 MAX_ROWS = 512       # (time step, line) rows per output-layer product
 PACK_MIN_ROWS = 1024 # rows from which the output weights are packed once for the job (blas.Packed):
-                     # packing costs about what it saves on a product of 256 rows
+                     # packing is a copy of the weights, paid back only over several products
 
 
 @dataclass
@@ -72,8 +72,8 @@ def _scoring_lanes(model: Model, rows: int, chunks: int):
     calling BLAS on one thread. This thread runs the layers chunk after chunk (Numba,
     without the GIL) and queues each chunk's output layer in pieces; a worker takes them,
     and this thread does its share whenever it gets more than two chunks ahead
-    (:meth:`Lanes.catch_up`). For a 2x200 LSTM on PTB, one chunk ahead ran 0.80x as fast on
-    lines and 0.76x on a stream, four about as fast as two. Otherwise the serial schedule,
+    (:meth:`Lanes.catch_up`): with one chunk of slack the two threads wait for each other
+    at every chunk, and more slack than two gains nothing. Otherwise the serial schedule,
     one chunk after the other."""
     with interpreted_if_small(rows, model.config.layers, model.config.hidden):
         threads = blas.thread_count()

@@ -15,6 +15,7 @@ import contextlib
 import numpy as np
 
 from .blas import Packed, exp_in_place, matmul
+from .config import frequency_classes as frequency_classes  # re-exported: it was defined here
 from .jit import interpreting
 from .kernels import row_sums, softmax_grad_rows, softmax_xent_rows
 from .lanes import SERIAL, Lanes
@@ -72,19 +73,6 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
 
 
-def frequency_classes(counts: np.ndarray, n_classes: int) -> list[int]:
-    """Class boundaries over ids 0..V-1: each class holds about 1/C of the token mass
-    (frequency binning); returns C+1 increasing ids from 0 to V."""
-    V = len(counts)
-    if n_classes >= V:
-        return list(range(V + 1))
-    n_classes = max(1, n_classes)
-    cum = np.cumsum(np.asarray(counts, dtype=np.float64) + 1e-3)   # + epsilon: unseen ids
-    cut = np.searchsorted(cum / cum[-1], np.arange(1, n_classes) / n_classes, side="right") + 1
-    bounds = np.unique(np.concatenate(([0], np.clip(cut, 1, V - 1), [V])))
-    return [int(b) for b in bounds]
-
-
 def _same_array(a, b) -> bool:
     return a.ctypes.data == b.ctypes.data and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
 
@@ -93,11 +81,6 @@ class FullSoftmax:
     def __init__(self, config):
         self.tied = config.tie_weights
         self._frozen = None              # the weights' blas.Packed inside `with packed(p)`
-
-    def param_shapes(self, config) -> dict:
-        shapes = {} if self.tied else {"out.W": (config.hidden, config.vocab_size)}
-        shapes["out.b"] = (config.vocab_size,)
-        return shapes
 
     def weight(self, p):
         """V of o = softmax(h V + c), shape (hidden, vocab); the embedding if tied."""
@@ -130,8 +113,8 @@ class FullSoftmax:
     def packed(self, p):
         """Within the block, the logits of ``p``'s output weights (which must not change
         there) are products with one packed copy of them: for a scoring job's many row
-        pieces (:class:`rnngen.blas.Packed`). RNN-200 on PTB, two lanes, A/B: lines 1.09x,
-        the stream 1.01x and 1.14x in two runs."""
+        pieces (:class:`rnngen.blas.Packed`), which then skip packing the same weights again
+        in every product."""
         before = self._frozen
         self._frozen = Packed(self._right(p))
         try:
@@ -217,17 +200,9 @@ def _stacked(p):
 class ClassSoftmax(FullSoftmax):
     def __init__(self, config):
         super().__init__(config)
-        if not config.class_bounds:
-            raise ValueError("class softmax needs class_bounds: use ModelConfig.with_classes(counts)")
+        self.n_classes = config.n_classes       # an RnngenError when the bounds are not set
         self.bounds = np.asarray(config.class_bounds, dtype=np.int64)
-        self.n_classes = len(self.bounds) - 1
         self.word_class = np.repeat(np.arange(self.n_classes), np.diff(self.bounds))
-
-    def param_shapes(self, config) -> dict:
-        shapes = super().param_shapes(config)
-        shapes["cls.W"] = (config.hidden, self.n_classes)
-        shapes["cls.b"] = (self.n_classes,)
-        return shapes
 
     def prepare(self, p) -> None:
         """Nothing to do: each class's words take their own slices of out.W and out.b."""
@@ -297,4 +272,4 @@ class ClassSoftmax(FullSoftmax):
         return logp, dtop, grads
 
 
-OUTPUTS = {"full": FullSoftmax, "class": ClassSoftmax}
+OUTPUTS = {"full": FullSoftmax, "class": ClassSoftmax}     # config.SOFTMAX_NAMES, in its order

@@ -5,6 +5,12 @@ streams read side by side ``bptt`` steps at a time; the hidden state is carried 
 chunk to the next but gradients stop at chunk borders. After each epoch the validation
 perplexity decides: a new best is kept (it is the model the checkpoint serves), no
 improvement halves the learning rate, and ``patience`` such epochs in a row stop the run.
+
+Read from the top: :func:`train` is the loop; :func:`train_step` is one optimiser step on
+one chunk; :class:`Progress` is where a run stands and :class:`Run` all that training
+changes; :class:`Rollback` goes back to the last save when the loss stops being finite;
+:class:`Checkpoints` writes the run to its file; :class:`Reporter` shows each step's and
+each epoch's figures.
 """
 
 from __future__ import annotations
@@ -17,59 +23,368 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
 from . import blas, checkpoint
 from .checkpoint import Checkpoint
+from .config import TrainConfig, known_fields
+from .corpus import count_corpus, encode_files
 from .errors import RnngenError
-from .lanes import training_lanes
+from .lanes import SERIAL, Lanes, training
 from .model import Model, ModelConfig
-from .optim import DEFAULT_LR, OPTIMIZERS, clip_scale, global_norm, make_optimizer
+from .optim import Optimizer, clip_scale, global_norm, make_optimizer
 from .score import stream_logprob
+from .textio import TextFile
 from .vocab import Vocab
 
+# TrainConfig's home is rnngen.config; it stays importable from here.
+__all__ = ["TrainConfig", "TrainingInterrupted", "prepare_data", "train", "train_step"]
+
 PROGRESS_EVERY = 60.0   # seconds between progress lines when stderr is not a terminal
+MAX_RECOVERIES = 3      # divergences in a row (each halving the learning rate) before giving up
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
+          model_config: ModelConfig | None, config: TrainConfig, output: str,
+          resume: Checkpoint | None = None, log: Callable[[str], None] = _stderr,
+          progress: bool = False, threads: int | None = None) -> Checkpoint:
+    """Train and write ``output``; returns the final checkpoint (best model + resume state).
+
+    With ``resume`` the model, vocabulary, optimiser state, position in the data, learning
+    rate, RNG stream and history continue from that checkpoint; ``model_config`` is ignored.
+    A NaN or infinite loss (or perplexity), gradient or weight sends training back to the
+    last state it saved (or started from) with half the learning rate, up to MAX_RECOVERIES
+    times in a row. ``threads`` is how many threads a step uses (:func:`rnngen.lanes.training_lanes`;
+    None: chosen from the model size). ``config`` is left as it is, and so are the BLAS
+    thread counts once this returns.
+    """
+    train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
+    config = _fit_batch_size(config, len(train_ids), log)
+    data = Chunks(*batchify(train_ids, config.batch_size), config.bptt)
+    if resume is not None:
+        run, vocab = _resumed_run(resume, config, train_ids, data.count), resume.vocab
+    else:
+        run = _new_run(model_config, config, train_ids)
+    threads = threads or blas.auto_threads(run.model.config.hidden, run.model.config.vocab_size)
+    saved = Checkpoints(output, vocab, config, run, log)
+    reporter = Reporter(log, progress, data.count)
+    stop = None
+    with (training(threads, run.model.config.softmax) as lanes, _Signals() as signals,
+          np.errstate(over="ignore", invalid="ignore")):                     # divergence is handled
+        while run.progress.epoch < config.epochs and stop is None:
+            stop = _train_epoch(run, data, config, lanes, saved, reporter, signals)
+            if not saved.ensure_finite(run):
+                stop = None
+                continue
+            entry, is_best = _close_epoch(run, config, validate(run.model, valid_ids, threads),
+                                          reporter.tokens_per_s, data.count)
+            reporter.epoch(entry, is_best)
+            if not entry["partial"] and config.patience and run.progress.bad_epochs >= config.patience:
+                stop = f"no improvement for {config.patience} epochs"
+            saved.save(run)
+            if signals.received is not None and run.progress.epoch < config.epochs and stop is None:
+                raise TrainingInterrupted(signals.received, run.progress.where())
+    if stop:
+        log(f"rnngen: stopped: {stop}")
+    run.progress.done = run.progress.epoch >= config.epochs
+    return saved.write(run)
+
+
+def _train_epoch(run: Run, data: Chunks, config: TrainConfig, lanes: Lanes, saved: Checkpoints,
+                 reporter: Reporter, signals: _Signals) -> str | None:
+    """Train chunk after chunk to the end of the epoch; returns why training stops before it,
+    or None. A step whose loss is not finite rolls the run back to the last save (so does a
+    periodic save whose weights are not); a signal saves the run and raises TrainingInterrupted."""
+    if run.progress.chunk == 0:
+        run.state[...] = 0
+    reporter.start_epoch(run.progress)
+    stop = None
+    while run.progress.chunk < data.count and stop is None:
+        p = run.progress
+        t0 = time.perf_counter()
+        x, y = data.chunk(p.chunk)
+        masks = run.model.dropout_masks(run.rng, *x.shape) if run.model.config.dropout > 0 else None
+        step = train_step(run.model, run.optim, x, y, run.state, p.lr, config.clip, masks, lanes)
+        if not step.finite:
+            saved.rollback.restore(run, f"loss {step.nll / x.size:.4g} per token, "
+                                        f"gradient norm {step.norm:.4g} at step {p.step + 1}")
+            continue
+        run.state = step.state
+        seconds = time.perf_counter() - t0
+        p.advance(step.nll, x.size, seconds)
+        reporter.step(p, step, x.size, seconds)
+        if signals.received is not None:
+            reporter.close()
+            saved.ensure_finite(run)
+            saved.save(run)
+            raise TrainingInterrupted(signals.received, run.progress.where())
+        stop = _limit_reached(config, p)
+        if stop is None and saved.due() and saved.ensure_finite(run):
+            saved.save(run)
+    reporter.close()
+    return stop
+
+
+class Step(NamedTuple):
+    """What one training step gives the loop."""
+
+    nll: float              # summed negative log-likelihood of the chunk's targets
+    norm: float             # global norm of the gradients, before clipping
+    state: np.ndarray       # the recurrent state after the chunk: the next chunk starts from it
+    finite: bool            # False: the loss or a gradient is NaN or infinite; no update was made
+
+
+def train_step(model: Model, optim: Optimizer, x: np.ndarray, y: np.ndarray, state: np.ndarray, lr: float,
+               clip: float, masks: list[np.ndarray] | None = None, lanes: Lanes = SERIAL) -> Step:
+    """One step of truncated BPTT on a chunk: inputs ``x`` and targets ``y`` (token ids,
+    (T, B)) from the recurrent ``state``; the gradients, their global norm, the clipping
+    factor that brings it down to ``clip`` (0: none), and the optimiser's update at learning
+    rate ``lr``. A loss or gradient that is not finite would spoil the weights: then the
+    update is not made and the result says so (``finite`` False). ``masks`` are dropout
+    masks (:meth:`Model.dropout_masks`) or None; ``lanes`` spreads the work over threads."""
+    nll, grads, new_state = model.loss_and_grads(x, y, state, masks, lanes)
+    norm = global_norm(grads, lanes)
+    finite = math.isfinite(norm) and _ppl(nll, x.size) < math.inf
+    if finite:
+        optim.step(model.params, grads, lr, clip_scale(norm, clip), lanes)
+    return Step(nll, norm, new_state, finite)
+
+
+def _limit_reached(config: TrainConfig, p: Progress) -> str | None:
+    """Why this invocation stops here (--max-steps, --max-time), or None."""
+    if config.max_steps and p.step >= config.max_steps:
+        return f"reached --max-steps {config.max_steps}"
+    if config.max_time and p.elapsed >= config.max_time:
+        return f"reached --max-time {config.max_time:g}s"
+    return None
+
+
+def validate(model: Model, valid_ids: np.ndarray | None, threads: int) -> float | None:
+    """Perplexity of the validation stream (batch 1, state carried), or None without one."""
+    if valid_ids is None or not len(valid_ids):
+        return None
+    with blas.numpy_threads(threads):
+        logprob, count = stream_logprob(model, valid_ids)
+    return _ppl(-logprob, count)
+
+
+def _close_epoch(run: Run, config: TrainConfig, valid_ppl: float | None, tokens_per_s: float,
+                 n_chunks: int) -> tuple[dict, bool]:
+    """Record the epoch (or the part of it trained: ``partial``) in the history and keep the
+    best model. A whole epoch then drives the learning-rate schedule and the run moves on to
+    the next; only whole epochs do, so a run stopped and resumed mid-epoch follows the same
+    schedule. Returns the history entry and whether the model is the best so far."""
+    p = run.progress
+    partial = p.chunk < n_chunks
+    train_ppl = _ppl(p.epoch_nll, p.epoch_tokens)
+    score = valid_ppl if valid_ppl is not None else train_ppl
+    entry = {"epoch": p.epoch + 1, "partial": partial, "step": p.step, "train_ppl": train_ppl,
+             "valid_ppl": valid_ppl, "lr": p.lr, "tokens_per_s": tokens_per_s, "elapsed": p.elapsed}
+    run.history.append(entry)
+    is_best = p.best_score is None or score < p.best_score
+    if is_best:
+        p.best_score = score
+        run.best = {k: v.copy() for k, v in run.model.params.items()}
+    if not partial:
+        improved = p.best_valid is None or score < p.best_valid
+        if improved:
+            p.best_valid, p.bad_epochs = score, 0
+        else:
+            p.bad_epochs += 1
+        if not improved or (config.decay_after and p.epoch + 1 >= config.decay_after):
+            p.lr *= config.lr_decay
+        p.epoch, p.chunk, p.epoch_nll, p.epoch_tokens = p.epoch + 1, 0, 0.0, 0
+    return entry, is_best
 
 
 @dataclass
-class TrainConfig:
-    """How to train; saved in the checkpoint so ``--resume`` continues the same run."""
+class Progress:
+    """Where a run stands. Saved as the checkpoint's ``train.progress``, under these names
+    (checkpoints written before this class resume too), for ``--resume`` to continue."""
 
-    epochs: int = 10
-    batch_size: int = 20
-    bptt: int = 35
-    optimizer: str = "adam"
-    lr: float = 0.0                  # 0 means the optimiser's default (DEFAULT_LR)
-    lr_decay: float = 0.5            # factor applied when validation stops improving
-    decay_after: int = 0             # from this epoch on, apply lr_decay after every epoch; 0 = never
-    clip: float = 5.0                # global gradient-norm clip; 0 disables
-    seed: int = 0
-    patience: int = 0                # stop after this many epochs without improvement; 0 = never
-    max_time: float = 0.0            # seconds of training, 0 = no limit
-    max_steps: int = 0               # optimiser steps, 0 = no limit
-    checkpoint_every: float = 600.0  # seconds between periodic checkpoints, 0 = only per epoch
-
-    def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise RnngenError(f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
-        for name in ("epochs", "batch_size", "bptt"):
-            if getattr(self, name) < 1:
-                raise RnngenError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("lr", "clip", "patience", "max_time", "max_steps", "checkpoint_every", "decay_after"):
-            value = getattr(self, name)
-            if not (value >= 0 and math.isfinite(value)):
-                raise RnngenError(f"--{name.replace('_', '-')} must be a non-negative number")
-        if not 0 < self.lr_decay <= 1:
-            raise RnngenError("--lr-decay must be in (0, 1]")
-        if self.lr == 0:
-            self.lr = DEFAULT_LR[self.optimizer]
+    epoch: int = 0                  # whole epochs trained
+    chunk: int = 0                  # chunks of this epoch trained
+    step: int = 0                   # optimiser steps taken
+    lr: float = 0.0                 # the learning rate now
+    best_valid: float | None = None     # best score at a whole epoch's end (the schedule's)
+    best_score: float | None = None     # best score at any epoch's end (the best model's)
+    bad_epochs: int = 0             # whole epochs in a row without a better score
+    epoch_nll: float = 0.0          # this epoch's summed loss and tokens, so far
+    epoch_tokens: int = 0
+    elapsed: float = 0.0            # seconds of training
+    rng: dict = field(default_factory=dict)     # the dropout RNG's state when last saved
+    data: str = ""                  # the training stream's fingerprint
+    done: bool = False              # every epoch trained
 
     @classmethod
-    def from_json(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_json(cls, data: dict) -> Progress:
+        return cls(**known_fields(cls, data))
+
+    def advance(self, nll: float, tokens: int, seconds: float) -> None:
+        """Count one step on a chunk of ``tokens`` tokens that took ``seconds``."""
+        self.chunk += 1
+        self.step += 1
+        self.epoch_nll += nll
+        self.epoch_tokens += tokens
+        self.elapsed += seconds
+
+    def where(self) -> str:
+        return f"epoch {self.epoch + 1}, step {self.step}"
+
+
+@dataclass
+class Run:
+    """Everything training changes; a checkpoint saves all of it for ``--resume``."""
+
+    model: Model
+    optim: Optimizer
+    state: np.ndarray                   # the recurrent state carried into the next chunk
+    rng: np.random.Generator            # draws the dropout masks
+    progress: Progress
+    history: list = field(default_factory=list)     # an entry per epoch's end (see _close_epoch)
+    best: dict | None = None            # the best model's parameters; None: the current ones
+
+    def finite(self) -> bool:
+        """Are the weights, the optimiser's state and the recurrent state all finite?"""
+        groups = (self.model.params, self.optim.state, {"state": self.state})
+        return all(np.isfinite(v).all() for g in groups for v in g.values())
+
+    def checkpoint(self, vocab: Vocab, config: TrainConfig) -> Checkpoint:
+        """The best model, and what --resume continues from."""
+        self.progress.rng = self.rng.bit_generator.state
+        arrays = {f"param.{k}": v for k, v in self.model.params.items()}
+        arrays.update({f"optim.{k}": v for k, v in self.optim.state.items()})
+        arrays["state"] = self.state
+        best = Model(self.model.config, self.best) if self.best is not None else self.model
+        return Checkpoint(best, vocab, {**asdict(config), "progress": asdict(self.progress)}, self.history, arrays)
+
+
+class Rollback:
+    """A copy of the run as last saved (or started), to go back to when the loss, a gradient
+    or a weight stops being finite: with the learning rate halved, once more at each
+    divergence, up to MAX_RECOVERIES times in a row (each save starts the count again)."""
+
+    def __init__(self, run: Run, log: Callable[[str], None]):
+        self.log = log
+        self.keep(run)
+
+    def keep(self, run: Run) -> None:
+        self.params = {k: v.copy() for k, v in run.model.params.items()}
+        self.optim = {k: v.copy() for k, v in run.optim.state.items()}
+        self.state = run.state.copy()
+        self.progress = replace(run.progress, rng=run.rng.bit_generator.state)
+        self.history = len(run.history)
+        self.best = run.best
+        self.failures = 0
+
+    def restore(self, run: Run, problem: str) -> None:
+        """Put the kept copy back into ``run``, or give up after too many tries."""
+        self.failures += 1
+        if self.failures > MAX_RECOVERIES:
+            raise RnngenError(f"training diverged ({problem}) again after halving the learning rate "
+                              f"{MAX_RECOVERIES} times; try a lower --lr or a smaller --clip")
+        for k, v in self.params.items():
+            run.model.params[k][...] = v            # in place: some parameters are views of one array
+        for k, v in self.optim.items():
+            run.optim.state[k][...] = v
+        run.optim.steps = self.progress.step
+        run.state = self.state.copy()
+        run.progress = replace(self.progress, lr=self.progress.lr * 0.5 ** self.failures)
+        run.rng.bit_generator.state = self.progress.rng
+        del run.history[self.history:]
+        run.best = self.best
+        self.log(f"rnngen: training diverged ({problem}); back to step {run.progress.step} "
+                 f"with the learning rate halved to {run.progress.lr:.4g}")
+
+
+class Checkpoints:
+    """Writes the run to ``output`` at each epoch's end and every ``checkpoint_every``
+    seconds, atomically (:func:`rnngen.checkpoint.save`); each save is then the state that
+    ``rollback`` goes back to. Checks first that the folder takes a file of that size."""
+
+    def __init__(self, output: str, vocab: Vocab, config: TrainConfig, run: Run, log: Callable[[str], None]):
+        params = sum(v.nbytes for v in run.model.params.values())
+        checkpoint.check_writable(output, 2 * params + sum(v.nbytes for v in run.optim.state.values())
+                                  + run.state.nbytes + sum(len(t) + 4 for t in vocab.tokens) + (1 << 16))
+        self.output, self.vocab, self.config = output, vocab, config
+        self.rollback = Rollback(run, log)
+        self.last_save = time.perf_counter()
+
+    def due(self) -> bool:
+        """Is a periodic save due?"""
+        every = self.config.checkpoint_every
+        return bool(every) and time.perf_counter() - self.last_save >= every
+
+    def ensure_finite(self, run: Run) -> bool:
+        """True if the run's weights and states are finite; else roll back and say False."""
+        if run.finite():
+            return True
+        self.rollback.restore(run, f"weights not finite after step {run.progress.step}")
+        return False
+
+    def save(self, run: Run) -> None:
+        self.write(run)
+        self.rollback.keep(run)
+        self.last_save = time.perf_counter()
+
+    def write(self, run: Run) -> Checkpoint:
+        ckpt = run.checkpoint(self.vocab, self.config)
+        checkpoint.save(self.output, ckpt)
+        return ckpt
+
+
+class Reporter:
+    """What a run shows: on a terminal a progress bar, else a line every PROGRESS_EVERY
+    seconds; a line at each epoch's end. Every step's figures (:meth:`step`) and every
+    epoch's (:meth:`epoch`) pass through here."""
+
+    def __init__(self, log: Callable[[str], None], bar: bool, n_chunks: int):
+        self.log, self.use_bar, self.n_chunks = log, bar, n_chunks
+        self.bar = None
+        self.tokens, self.seconds = 0, 0.0          # this epoch's, for its throughput
+        self.last_line = time.perf_counter()
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+    def start_epoch(self, p: Progress) -> None:
+        self.tokens, self.seconds = 0, 0.0
+        if self.use_bar:
+            # Imported here: only a terminal shows the bar, and a run logging to a file never loads tqdm.
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.n_chunks, initial=p.chunk, desc=f"epoch {p.epoch + 1}",
+                            unit="chunk", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def step(self, p: Progress, step: Step, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+        train_ppl = _ppl(p.epoch_nll, p.epoch_tokens)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(ppl=f"{train_ppl:.2f}", tok_s=f"{self.tokens_per_s:.0f}", refresh=False)
+        elif time.perf_counter() - self.last_line >= PROGRESS_EVERY:
+            self.last_line = time.perf_counter()
+            self.log(f"epoch {p.epoch + 1:3d}  {100 * p.chunk / self.n_chunks:5.1f}%  train ppl {train_ppl:9.2f}  "
+                     f"{self.tokens_per_s:7.0f} tok/s  elapsed {_fmt_time(p.elapsed)}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def epoch(self, entry: dict, is_best: bool) -> None:
+        valid = f"{entry['valid_ppl']:9.2f}" if entry["valid_ppl"] is not None else "        -"
+        self.log(f"epoch {entry['epoch']:3d}{'*' if entry['partial'] else ' '} train ppl {entry['train_ppl']:9.2f}  "
+                 f"valid ppl {valid}  lr {entry['lr']:.4g}  {entry['tokens_per_s']:7.0f} tok/s  "
+                 f"elapsed {_fmt_time(entry['elapsed'])}{'  (best)' if is_best else ''}")
 
 
 class TrainingInterrupted(Exception):
@@ -78,44 +393,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int, where: str):
         super().__init__(where)
         self.signum = signum
-
-
-MAX_RECOVERIES = 3      # divergences in a row (each halving the learning rate) before giving up
-
-
-def batchify(ids: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut the stream into ``batch_size`` contiguous rows: inputs and next-token targets as
-    (B, L) views of ``ids``, so a corpus (maybe memory-mapped) is not copied; ``time_major``
-    takes out the chunks."""
-    L = (len(ids) - 1) // batch_size
-    inputs = ids[: batch_size * L].reshape(batch_size, L)
-    targets = ids[1: batch_size * L + 1].reshape(batch_size, L)
-    return inputs, targets
-
-
-def time_major(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Steps ``start:stop`` of (B, L) rows as the contiguous (T, B) int32 array a model reads."""
-    return np.ascontiguousarray(rows[:, start:stop].T, dtype=np.int32)
-
-
-# Ids a whole-stream pass takes at a time, so that it makes no copy of the (maybe memory-mapped) stream.
-STREAM_PIECE = 1 << 22
-
-
-def fingerprint(ids: np.ndarray) -> str:
-    """Length and CRC-32 of the stream's bytes: ``--resume`` checks that the data is the same."""
-    crc = 0
-    for start in range(0, ids.size, STREAM_PIECE):
-        crc = zlib.crc32(np.ascontiguousarray(ids[start:start + STREAM_PIECE]), crc)
-    return f"{ids.size}:{crc:08x}"
-
-
-def token_counts(ids: np.ndarray, vocab_size: int) -> np.ndarray:
-    """How often each id occurs; np.bincount of the whole stream would make an int64 copy of it."""
-    counts = np.zeros(vocab_size, dtype=np.int64)
-    for start in range(0, ids.size, STREAM_PIECE):
-        counts += np.bincount(ids[start:start + STREAM_PIECE], minlength=vocab_size)
-    return counts
 
 
 class _Signals:
@@ -147,8 +424,107 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+# --- starting a run -------------------------------------------------------------------
+
+def _fit_batch_size(config: TrainConfig, n_tokens: int, log: Callable[[str], None]) -> TrainConfig:
+    """``config``, or a copy of it with a batch size that a corpus this short can fill."""
+    batch_size = min(config.batch_size, max(1, n_tokens - 1))
+    if batch_size < config.batch_size:
+        log(f"rnngen: corpus has only {n_tokens} tokens; using batch size {batch_size}")
+        config = replace(config, batch_size=batch_size)
+    if n_tokens < 2:
+        raise RnngenError("the training corpus needs at least 2 tokens")
+    return config
+
+
+def _new_run(model_config: ModelConfig, config: TrainConfig, train_ids: np.ndarray) -> Run:
+    model_config = model_config.with_classes(token_counts(train_ids, model_config.vocab_size))
+    model = Model.init(model_config, seed=config.seed)
+    return Run(model, make_optimizer(config.optimizer, model.params), model.zero_state(config.batch_size),
+               np.random.default_rng(config.seed + 1), Progress(lr=config.lr, data=fingerprint(train_ids)))
+
+
+def _resumed_run(ckpt: Checkpoint, config: TrainConfig, train_ids: np.ndarray, n_chunks: int) -> Run:
+    """The run saved in ``ckpt``, once it is clear that it continues on the same data."""
+    if ckpt.resume is None or "progress" not in ckpt.train:
+        raise RnngenError("checkpoint has no training state to resume from")
+    progress = Progress.from_json(ckpt.train["progress"])
+    if progress.data != fingerprint(train_ids):
+        raise RnngenError("--resume needs the same training corpus and vocabulary options as the original run")
+    if ckpt.train.get("batch_size") != config.batch_size:
+        raise RnngenError("--resume needs the same --batch-size as the original run")
+    if progress.chunk and (ckpt.train.get("bptt") != config.bptt or progress.chunk > n_chunks):
+        raise RnngenError("--resume in the middle of an epoch needs the same --bptt as the original run")
+    model = Model(ckpt.model.config, {k: v.copy() for k, v in _under(ckpt.resume, "param.").items()})
+    optim = make_optimizer(config.optimizer, model.params)
+    optim.load_state(_under(ckpt.resume, "optim."), progress.step)
+    state = model.zero_state(config.batch_size)
+    state[...] = ckpt.resume["state"]
+    rng = np.random.default_rng()
+    rng.bit_generator.state = progress.rng
+    progress.done = False
+    best = {k: v.copy() for k, v in ckpt.model.params.items()} if progress.best_score is not None else None
+    return Run(model, optim, state, rng, progress, list(ckpt.history), best)
+
+
+def _under(arrays: dict, prefix: str) -> dict:
+    """The arrays whose names start with ``prefix``, under the rest of their names."""
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+# --- the data ---------------------------------------------------------------------------
+
+def batchify(ids: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut the stream into ``batch_size`` contiguous rows: inputs and next-token targets as
+    (B, L) views of ``ids``, so a corpus (maybe memory-mapped) is not copied; ``time_major``
+    takes out the chunks."""
+    L = (len(ids) - 1) // batch_size
+    inputs = ids[: batch_size * L].reshape(batch_size, L)
+    targets = ids[1: batch_size * L + 1].reshape(batch_size, L)
+    return inputs, targets
+
+
+def time_major(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Steps ``start:stop`` of (B, L) rows as the contiguous (T, B) int32 array a model reads."""
+    return np.ascontiguousarray(rows[:, start:stop].T, dtype=np.int32)
+
+
+class Chunks(NamedTuple):
+    """Inputs and targets from :func:`batchify`, read ``bptt`` steps (a chunk) at a time."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    bptt: int
+
+    @property
+    def count(self) -> int:
+        """Chunks in an epoch, the last one maybe shorter."""
+        return math.ceil(self.inputs.shape[1] / self.bptt)
+
+    def chunk(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk ``i``'s inputs and targets, (T, B) each."""
+        start, stop = i * self.bptt, (i + 1) * self.bptt
+        return time_major(self.inputs, start, stop), time_major(self.targets, start, stop)
+
+
+# Ids a whole-stream pass takes at a time, so that it makes no copy of the (maybe memory-mapped) stream.
+STREAM_PIECE = 1 << 22
+
+
+def fingerprint(ids: np.ndarray) -> str:
+    """Length and CRC-32 of the stream's bytes: ``--resume`` checks that the data is the same."""
+    crc = 0
+    for start in range(0, ids.size, STREAM_PIECE):
+        crc = zlib.crc32(np.ascontiguousarray(ids[start:start + STREAM_PIECE]), crc)
+    return f"{ids.size}:{crc:08x}"
+
+
+def token_counts(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """How often each id occurs; np.bincount of the whole stream would make an int64 copy of it."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, ids.size, STREAM_PIECE):
+        counts += np.bincount(ids[start:start + STREAM_PIECE], minlength=vocab_size)
+    return counts
 
 
 def _ppl(nll: float, tokens: int) -> float:
@@ -157,247 +533,10 @@ def _ppl(nll: float, tokens: int) -> float:
     return math.exp(x) if x < 709 else math.inf
 
 
-def _finite(*groups: dict) -> bool:
-    return all(np.isfinite(v).all() for g in groups for v in g.values())
-
-
 def _fmt_time(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
-          model_config: ModelConfig | None, config: TrainConfig, output: str,
-          resume: Checkpoint | None = None, log: Callable[[str], None] = _stderr,
-          progress: bool = False, threads: int | None = None) -> Checkpoint:
-    """Train and write ``output``; returns the final checkpoint (best model + resume state).
-
-    With ``resume`` the model, vocabulary, optimiser state, position in the data, learning
-    rate, RNG stream and history continue from that checkpoint; ``model_config`` is ignored.
-    A NaN or infinite loss (or perplexity), gradient or weight sends training back to the
-    last state it saved (or started from) with half the learning rate, up to MAX_RECOVERIES
-    times in a row. ``threads`` is how many threads a step uses (:func:`rnngen.lanes.training_lanes`;
-    None: chosen from the model size).
-    """
-    train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
-    batch_size = min(config.batch_size, max(1, len(train_ids) - 1))
-    if batch_size < config.batch_size:
-        log(f"rnngen: corpus has only {len(train_ids)} tokens; using batch size {batch_size}")
-        config.batch_size = batch_size
-    if len(train_ids) < 2:
-        raise RnngenError("the training corpus needs at least 2 tokens")
-    inputs, targets = batchify(train_ids, config.batch_size)
-    n_chunks = math.ceil(inputs.shape[1] / config.bptt)
-
-    if resume is not None:
-        model, best, history, progress_state = _restore(resume, config, train_ids, n_chunks)
-        vocab = resume.vocab
-    else:
-        model_config = model_config.with_classes(token_counts(train_ids, model_config.vocab_size))
-        model = Model.init(model_config, seed=config.seed)
-        best = None
-        history = []
-        progress_state = {"epoch": 0, "chunk": 0, "step": 0, "lr": config.lr, "best_valid": None, "best_score": None,
-                          "bad_epochs": 0, "epoch_nll": 0.0, "epoch_tokens": 0, "elapsed": 0.0,
-                          "rng": np.random.default_rng(config.seed + 1).bit_generator.state,
-                          "data": fingerprint(train_ids), "done": False}
-    threads = threads or blas.auto_threads(model.config.hidden, model.config.vocab_size)
-    lanes = training_lanes(threads, model.config.softmax)
-    optim = make_optimizer(config.optimizer, model.params)
-    state = model.zero_state(config.batch_size)
-    if resume is not None:
-        optim.load_state({k[len("optim."):]: v for k, v in resume.resume.items() if k.startswith("optim.")},
-                         progress_state["step"])
-        state[...] = resume.resume["state"]
-    params_bytes = sum(v.nbytes for v in model.params.values())
-    checkpoint.check_writable(output, 2 * params_bytes + sum(v.nbytes for v in optim.state.values())
-                              + state.nbytes + sum(len(t) + 4 for t in vocab.tokens) + (1 << 16))
-    rng = np.random.default_rng()
-    rng.bit_generator.state = progress_state["rng"]
-    ps = progress_state
-    ps["done"] = False
-    good: dict = {}
-
-    def snapshot() -> Checkpoint:
-        ps["rng"] = rng.bit_generator.state
-        resume_arrays = {f"param.{k}": v for k, v in model.params.items()}
-        resume_arrays.update({f"optim.{k}": v for k, v in optim.state.items()})
-        resume_arrays["state"] = state
-        best_model = Model(model.config, best) if best is not None else model
-        return Checkpoint(best_model, vocab, {**asdict(config), "progress": dict(ps)}, history, resume_arrays)
-
-    def remember():
-        """Keep a copy of the state just saved (or started from) to go back to on divergence."""
-        good.update(params={k: v.copy() for k, v in model.params.items()},
-                    optim={k: v.copy() for k, v in optim.state.items()}, state=state.copy(),
-                    ps={**ps, "rng": rng.bit_generator.state}, history=len(history), best=best, failures=0)
-
-    def save():
-        checkpoint.save(output, snapshot())
-        remember()
-
-    def sound() -> bool:
-        return _finite(model.params, optim.state, {"state": state})
-
-    def recover(problem: str):
-        """Go back to the last good state with the learning rate halved, or give up."""
-        nonlocal state, best
-        good["failures"] += 1
-        if good["failures"] > MAX_RECOVERIES:
-            raise RnngenError(f"training diverged ({problem}) again after halving the learning rate "
-                              f"{MAX_RECOVERIES} times; try a lower --lr or a smaller --clip")
-        for k, v in good["params"].items():
-            model.params[k][...] = v
-        for k, v in good["optim"].items():
-            optim.state[k][...] = v
-        state = good["state"].copy()
-        ps.clear()
-        ps.update(good["ps"])
-        ps["lr"] *= 0.5 ** good["failures"]
-        rng.bit_generator.state = ps["rng"]
-        optim.steps = ps["step"]
-        del history[good["history"]:]
-        best = good["best"]
-        log(f"rnngen: training diverged ({problem}); back to step {ps['step']} "
-            f"with the learning rate halved to {ps['lr']:.4g}")
-
-    def end_of_epoch(partial: bool):
-        """Validate; keep the best model. Only whole epochs drive the learning-rate
-        schedule, so a run stopped and resumed mid-epoch follows the same schedule."""
-        nonlocal best
-        train_ppl = _ppl(ps["epoch_nll"], ps["epoch_tokens"])
-        valid_ppl = None
-        if valid_ids is not None and len(valid_ids):
-            with blas.numpy_threads(threads):
-                logprob, count = stream_logprob(model, valid_ids)
-            valid_ppl = _ppl(-logprob, count)
-        score = valid_ppl if valid_ppl is not None else train_ppl
-        entry = {"epoch": ps["epoch"] + 1, "partial": partial, "step": ps["step"],
-                 "train_ppl": train_ppl, "valid_ppl": valid_ppl, "lr": ps["lr"],
-                 "tokens_per_s": tok_count / max(train_time, 1e-9), "elapsed": ps["elapsed"]}
-        history.append(entry)
-        is_best = ps["best_score"] is None or score < ps["best_score"]
-        if is_best:
-            ps["best_score"] = score
-            best = {k: v.copy() for k, v in model.params.items()}
-        if not partial:
-            improved = ps["best_valid"] is None or score < ps["best_valid"]
-            if improved:
-                ps["best_valid"] = score
-                ps["bad_epochs"] = 0
-            else:
-                ps["bad_epochs"] += 1
-            if not improved or (config.decay_after and ps["epoch"] + 1 >= config.decay_after):
-                ps["lr"] *= config.lr_decay
-        valid_txt = f"{valid_ppl:9.2f}" if valid_ppl is not None else "        -"
-        log(f"epoch {ps['epoch'] + 1:3d}{'*' if partial else ' '} train ppl {train_ppl:9.2f}  "
-            f"valid ppl {valid_txt}  lr {entry['lr']:.4g}  {entry['tokens_per_s']:7.0f} tok/s  "
-            f"elapsed {_fmt_time(ps['elapsed'])}{'  (best)' if is_best else ''}")
-
-    tok_count, train_time = 0, 0.0
-    last_save = last_report = time.perf_counter()
-    stop_reason = None
-    bar = None
-    remember()
-    with _Signals() as signals, np.errstate(over="ignore", invalid="ignore"):   # divergence is handled
-        while ps["epoch"] < config.epochs and stop_reason is None:
-            tok_count, train_time = 0, 0.0                  # per-epoch throughput
-            if ps["chunk"] == 0:
-                state[...] = 0
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=n_chunks, initial=ps["chunk"], desc=f"epoch {ps['epoch'] + 1}",
-                           unit="chunk", file=sys.stderr, leave=False, dynamic_ncols=True)
-            while ps["chunk"] < n_chunks:
-                t0 = time.perf_counter()
-                start = ps["chunk"] * config.bptt
-                x, y = time_major(inputs, start, start + config.bptt), time_major(targets, start, start + config.bptt)
-                masks = model.dropout_masks(rng, *x.shape) if model.config.dropout > 0 else None
-                nll, grads, new_state = model.loss_and_grads(x, y, state, masks, lanes)
-                norm = global_norm(grads, lanes)
-                if not (math.isfinite(norm) and _ppl(nll, x.size) < math.inf):
-                    recover(f"loss {nll / x.size:.4g} per token, gradient norm {norm:.4g} at step {ps['step'] + 1}")
-                    continue
-                optim.step(model.params, grads, ps["lr"], clip_scale(norm, config.clip), lanes)
-                state = new_state
-                ps["chunk"] += 1
-                ps["step"] += 1
-                ps["epoch_nll"] += nll
-                ps["epoch_tokens"] += x.size
-                tok_count += x.size
-                ps["elapsed"] += time.perf_counter() - t0
-                train_time += time.perf_counter() - t0
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(ppl=f"{_ppl(ps['epoch_nll'], ps['epoch_tokens']):.2f}",
-                                    tok_s=f"{tok_count / train_time:.0f}", refresh=False)
-                elif time.perf_counter() - last_report >= PROGRESS_EVERY:     # no terminal: a log line
-                    last_report = time.perf_counter()
-                    log(f"epoch {ps['epoch'] + 1:3d}  {100 * ps['chunk'] / n_chunks:5.1f}%  "
-                        f"train ppl {_ppl(ps['epoch_nll'], ps['epoch_tokens']):9.2f}  "
-                        f"{tok_count / train_time:7.0f} tok/s  elapsed {_fmt_time(ps['elapsed'])}")
-                if signals.received is not None:
-                    if bar is not None:
-                        bar.close()
-                    if not sound():
-                        recover(f"weights not finite after step {ps['step']}")
-                    save()
-                    raise TrainingInterrupted(signals.received,
-                                              f"epoch {ps['epoch'] + 1}, step {ps['step']}")
-                if config.max_steps and ps["step"] >= config.max_steps:
-                    stop_reason = f"reached --max-steps {config.max_steps}"
-                elif config.max_time and ps["elapsed"] >= config.max_time:
-                    stop_reason = f"reached --max-time {config.max_time:g}s"
-                if stop_reason:
-                    break
-                if config.checkpoint_every and time.perf_counter() - last_save >= config.checkpoint_every:
-                    if not sound():
-                        recover(f"weights not finite after step {ps['step']}")
-                        continue
-                    save()
-                    last_save = time.perf_counter()
-            if bar is not None:
-                bar.close()
-            if not sound():
-                recover(f"weights not finite after step {ps['step']}")
-                stop_reason = None
-                continue
-            partial = ps["chunk"] < n_chunks
-            end_of_epoch(partial)
-            if not partial:
-                ps["epoch"] += 1
-                ps["chunk"] = 0
-                ps["epoch_nll"], ps["epoch_tokens"] = 0.0, 0
-                if config.patience and ps["bad_epochs"] >= config.patience:
-                    stop_reason = f"no improvement for {config.patience} epochs"
-            save()
-            last_save = time.perf_counter()
-            if signals.received is not None and ps["epoch"] < config.epochs and stop_reason is None:
-                raise TrainingInterrupted(signals.received, f"epoch {ps['epoch'] + 1}, step {ps['step']}")
-    if stop_reason:
-        log(f"rnngen: stopped: {stop_reason}")
-    ps["done"] = ps["epoch"] >= config.epochs
-    final = snapshot()
-    checkpoint.save(output, final)
-    return final
-
-
-def _restore(ckpt: Checkpoint, config: TrainConfig, train_ids: np.ndarray, n_chunks: int):
-    if ckpt.resume is None or "progress" not in ckpt.train:
-        raise RnngenError("checkpoint has no training state to resume from")
-    ps = dict(ckpt.train["progress"])
-    if ps.get("data") != fingerprint(train_ids):
-        raise RnngenError("--resume needs the same training corpus and vocabulary options as the original run")
-    if ckpt.train.get("batch_size") != config.batch_size:
-        raise RnngenError("--resume needs the same --batch-size as the original run")
-    if ps["chunk"] and (ckpt.train.get("bptt") != config.bptt or ps["chunk"] > n_chunks):
-        raise RnngenError("--resume in the middle of an epoch needs the same --bptt as the original run")
-    model = Model(ckpt.model.config, {k[len("param."):]: v.copy() for k, v in ckpt.resume.items()
-                                      if k.startswith("param.")})
-    best = {k: v.copy() for k, v in ckpt.model.params.items()} if ps.get("best_score") is not None else None
-    return model, best, list(ckpt.history), ps
 
 
 def prepare_data(corpus_paths: list[str], valid_path: str | None = None, valid_fraction: float = 0.1,
@@ -411,9 +550,6 @@ def prepare_data(corpus_paths: list[str], valid_path: str | None = None, valid_f
     valid ids or None). The vocabulary comes from the training lines only. The files are
     read a block at a time (see ``rnngen.corpus``); a long id stream is memory-mapped.
     """
-    from .corpus import count_corpus, encode_files
-    from .textio import TextFile
-
     if vocab_size < 0:
         raise RnngenError("--vocab-size must be 0 (no limit) or more")
     if min_count < 1:

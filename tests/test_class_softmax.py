@@ -10,7 +10,7 @@ from test_gradients import V, chunk_loss_check
 from rnngen.errors import RnngenError
 from rnngen.model import Model, ModelConfig
 from rnngen.score import stream_logprob
-from rnngen.softmax import frequency_classes
+from rnngen.softmax import ClassSoftmax, frequency_classes
 
 BOUNDS = [0, 2, 5, V]
 
@@ -41,6 +41,13 @@ def test_frequency_binning():
     mass = [counts[a:b].sum() for a, b in zip(bounds, bounds[1:])]
     assert max(mass) <= 80       # no class swallows most of the mass
     assert frequency_classes(counts, 100) == list(range(11))
+
+
+@pytest.mark.parametrize("make", [Model.init, ClassSoftmax, ModelConfig.param_shapes])
+def test_class_softmax_without_bounds_says_how_to_get_them(make):
+    message = r"^class softmax needs class_bounds: use ModelConfig\.with_classes\(counts\)$"
+    with pytest.raises(RnngenError, match=message):
+        make(ModelConfig(vocab_size=5, softmax="class"))
 
 
 def test_bad_bounds_refused():

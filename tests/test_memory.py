@@ -13,7 +13,8 @@ import pytest
 
 from rnngen import blas
 from rnngen.model import Model, ModelConfig
-from rnngen.optim import clip_scale, global_norm, make_optimizer
+from rnngen.optim import make_optimizer
+from rnngen.train import train_step
 
 EOS, QUERY = 0, 1
 KEYS = np.array([2, 3, 4, 5])
@@ -53,8 +54,7 @@ def train_on_recall(cell: str, seed: int = SEED, steps: int = STEPS) -> Model:
     state = model.zero_state(BATCH)
     for _ in range(steps):
         ids, _, _ = recall_lines(rng, BATCH, 0, MAX_GAP)
-        _, grads, _ = model.loss_and_grads(ids[:-1], ids[1:], state)
-        optim.step(model.params, grads, LR, clip_scale(global_norm(grads), 5.0))
+        train_step(model, optim, ids[:-1], ids[1:], state, LR, 5.0)     # each batch of lines from the zero state
     return model
 
 

@@ -1,0 +1,194 @@
+"""Configuration: what a model is (:class:`ModelConfig`) and how it is trained (:class:`TrainConfig`).
+
+The bottom of the package: this module imports nothing of rnngen's, so every other module
+may import it. Beside the two dataclasses it holds what they are checked against, as plain
+constants: the names of the cells, output layers and optimisers (``rnngen.cells``,
+``rnngen.softmax`` and ``rnngen.optim`` implement them under these names) and the default
+learning rates. It also lays out a model's parameters (names and shapes follow from the
+configuration alone, so a checkpoint is checked before any array is read), and defines
+RnngenError, the one exception users see, here so that every module can raise it
+(``rnngen.errors`` is its public name).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+class RnngenError(Exception):
+    """A problem with the user's input, options or files (never a bug in rnngen)."""
+
+
+CELL_NAMES = ("rnn", "gru", "lstm")
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}           # gate blocks in a layer's W_x, W_h and b
+STATE_PARTS = {"rnn": 1, "gru": 1, "lstm": 2}     # arrays a layer carries between chunks: h (and c)
+ACTIVATIONS = ("tanh", "relu")                    # of the vanilla RNN
+SOFTMAX_NAMES = ("full", "class")
+OPTIMIZER_NAMES = ("sgd", "adagrad", "adam")
+DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
+
+
+def known_fields(cls, data: dict) -> dict:
+    """The entries of ``data`` (read from JSON) that are fields of the dataclass ``cls``: a
+    checkpoint written by another version of rnngen may hold more, or fewer."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def layer_shapes(cell: str, n_in: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    """One recurrent layer's parameters: input weights W_x (n_in, G·H), recurrent weights
+    W_h (H, G·H) and bias b (G·H,), one block of H columns per gate; the GRU keeps b_hn (H,)
+    apart because its reset gate multiplies it (see ``rnngen.cells.GRUCell``)."""
+    gh = GATES[cell] * hidden
+    shapes = {"W_x": (n_in, gh), "W_h": (hidden, gh), "b": (gh,)}
+    if cell == "gru":
+        shapes["b_hn"] = (hidden,)
+    return shapes
+
+
+def frequency_classes(counts, n_classes: int) -> list[int]:
+    """Class boundaries over ids 0..V-1 for token ``counts`` (an array): each class holds
+    about 1/C of the token mass (frequency binning); returns C+1 increasing ids from 0 to V."""
+    # NumPy is imported here, not at the top: every command imports this module (through
+    # rnngen.errors), `rnngen --help` too, which starts without NumPy.
+    import numpy as np
+
+    V = len(counts)
+    if n_classes >= V:
+        return list(range(V + 1))
+    n_classes = max(1, n_classes)
+    cum = np.cumsum(np.asarray(counts, dtype=np.float64) + 1e-3)   # + epsilon: unseen ids
+    cut = np.searchsorted(cum / cum[-1], np.arange(1, n_classes) / n_classes, side="right") + 1
+    bounds = np.unique(np.concatenate(([0], np.clip(cut, 1, V - 1), [V])))
+    return [int(b) for b in bounds]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. ``embed`` 0 means "same as hidden"."""
+
+    vocab_size: int
+    cell: str = "rnn"
+    hidden: int = 128
+    layers: int = 1
+    embed: int = 0
+    activation: str = "tanh"
+    dropout: float = 0.0
+    tie_weights: bool = False
+    softmax: str = "full"
+    classes: int = 0                                   # class softmax: 0 = about sqrt(vocab)
+    class_bounds: list = field(default_factory=list)   # C+1 ids, filled from word counts
+
+    def __post_init__(self):
+        if self.cell not in CELL_NAMES:
+            raise RnngenError(f"unknown cell {self.cell!r} (choose from {', '.join(CELL_NAMES)})")
+        if self.activation not in ACTIVATIONS:
+            raise RnngenError(f"unknown activation {self.activation!r} (choose tanh or relu)")
+        for name in ("vocab_size", "hidden", "layers"):
+            if getattr(self, name) < 1:
+                raise RnngenError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.embed < 0:
+            raise RnngenError("--embed must be at least 1 (or 0 for the hidden size)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RnngenError("--dropout must be in [0, 1)")
+        if self.tie_weights and self.embed_size != self.hidden:
+            raise RnngenError("--tie-weights needs --embed equal to --hidden")
+        if self.softmax not in SOFTMAX_NAMES:
+            raise RnngenError(f"unknown softmax {self.softmax!r} (choose from {', '.join(SOFTMAX_NAMES)})")
+        b = self.class_bounds
+        if self.classes < 0:
+            raise RnngenError("--classes must be at least 1 (or 0 for about sqrt(vocabulary))")
+        if self.softmax == "class" and b and not (
+                isinstance(b, list) and len(b) >= 2 and all(isinstance(i, int) for i in b)
+                and b[0] == 0 and b[-1] == self.vocab_size and all(x < y for x, y in zip(b, b[1:]))):
+            raise RnngenError("class softmax needs class bounds increasing from 0 to the vocabulary size")
+
+    @property
+    def embed_size(self) -> int:
+        return self.embed or self.hidden
+
+    @property
+    def n_classes(self) -> int:
+        """Word classes of the class softmax, once :meth:`with_classes` has set their bounds."""
+        if not self.class_bounds:
+            raise RnngenError("class softmax needs class_bounds: use ModelConfig.with_classes(counts)")
+        return len(self.class_bounds) - 1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelConfig:
+        return cls(**known_fields(cls, data))
+
+    def with_classes(self, counts) -> ModelConfig:
+        """For the class softmax: bin the vocabulary by these token counts (ids 0..V-1)."""
+        if self.softmax != "class" or self.class_bounds:
+            return self
+        n = self.classes or max(1, round(math.sqrt(self.vocab_size)))
+        return replace(self, class_bounds=frequency_classes(counts, n))
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape, in a fixed order: the embedding, each layer's
+        (``l0.W_x``, ...), then the output layer's (:meth:`output_shapes`)."""
+        shapes = {"embed": (self.vocab_size, self.embed_size)}
+        n_in = self.embed_size
+        for layer in range(self.layers):
+            for k, s in layer_shapes(self.cell, n_in, self.hidden).items():
+                shapes[f"l{layer}.{k}"] = s
+            n_in = self.hidden
+        shapes.update(self.output_shapes())
+        return shapes
+
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The output layer's parameters: V (``out.W``, the embedding's transpose when tied)
+        and c of softmax(h V + c); the class softmax adds its class layer ``cls.W``, ``cls.b``."""
+        shapes = {} if self.tie_weights else {"out.W": (self.hidden, self.vocab_size)}
+        shapes["out.b"] = (self.vocab_size,)
+        if self.softmax == "class":
+            shapes["cls.W"] = (self.hidden, self.n_classes)
+            shapes["cls.b"] = (self.n_classes,)
+        return shapes
+
+    def state_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """The recurrent state carried between chunks: (layers, state parts, batch, hidden)."""
+        return (self.layers, STATE_PARTS[self.cell], batch, self.hidden)
+
+
+@dataclass
+class TrainConfig:
+    """How to train; saved in the checkpoint so ``--resume`` continues the same run."""
+
+    epochs: int = 10
+    batch_size: int = 20
+    bptt: int = 35
+    optimizer: str = "adam"
+    lr: float = 0.0                  # 0 means the optimiser's default (DEFAULT_LR)
+    lr_decay: float = 0.5            # factor applied when validation stops improving
+    decay_after: int = 0             # from this epoch on, apply lr_decay after every epoch; 0 = never
+    clip: float = 5.0                # global gradient-norm clip; 0 disables
+    seed: int = 0
+    patience: int = 0                # stop after this many epochs without improvement; 0 = never
+    max_time: float = 0.0            # seconds of training, 0 = no limit
+    max_steps: int = 0               # optimiser steps, 0 = no limit
+    checkpoint_every: float = 600.0  # seconds between periodic checkpoints, 0 = only per epoch
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise RnngenError(f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZER_NAMES)})")
+        for name in ("epochs", "batch_size", "bptt"):
+            if getattr(self, name) < 1:
+                raise RnngenError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("lr", "clip", "patience", "max_time", "max_steps", "checkpoint_every", "decay_after"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise RnngenError(f"--{name.replace('_', '-')} must be a non-negative number")
+        if not 0 < self.lr_decay <= 1:
+            raise RnngenError("--lr-decay must be in (0, 1]")
+        if self.lr == 0:
+            self.lr = DEFAULT_LR[self.optimizer]
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        return cls(**known_fields(cls, data))
