@@ -5,12 +5,10 @@ first call of any kernel hands them all to ``numba.njit(cache=True)``, which com
 (after the first run: loads it from its cache) at its first call, and rebinds each
 module's name to the compiled function, so that kernels calling kernels call machine code.
 
-Even from the cache that costs ~0.7 s per process on our 2-core machine (importing Numba
-0.25 s, its first dispatch 0.45 s), which is most of the run when the job is a few tokens.
-So inside :func:`interpreted_if_small`, a small job runs the same kernel functions as
-Python instead and Numba is never imported: a warm ``rnngen score "a b c"`` took 0.85 s
-and takes 0.21-0.37 s (``make bench-startup`` and A/B runs). Training, sampling and files
-always compile.
+Even from the cache, importing Numba and its first dispatch cost most of a run whose job
+is a few tokens. So inside :func:`interpreted_if_small`, a small job runs the same kernel
+functions as Python instead and Numba is never imported (``make bench-startup`` measures
+``rnngen score "a b c"``). Training, sampling and files always compile.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import sys
 from contextlib import contextmanager
 
 # Let LLVM vectorise the elementwise loops: NumPy's error model drops the ZeroDivisionError
-# branch Numba puts in every division (it blocked vectorising tanh's rational form, 3x), and
+# branch Numba puts in every division (it blocks vectorising tanh's rational form), and
 # these fast-math flags allow fused multiply-adds and reciprocals — not assuming away NaN
 # or inf, which divergence detection relies on. nogil: a second lane (rnngen.lanes) works
 # on the output layer or weight gradients while a kernel runs the recurrence.
@@ -29,9 +27,9 @@ LOOP_OPTIONS = {"nogil": True, "error_model": "numpy", "fastmath": {"contract", 
 # (without it a sum is one add after another). Only for kernels where order is all it changes.
 SUM_OPTIONS = {**LOOP_OPTIONS, "fastmath": LOOP_OPTIONS["fastmath"] | {"reassoc"}}
 
-# The most work a process runs as Python, in time steps x layers x hidden units: interpreted,
-# an LSTM step costs ~6.5 µs per hidden unit, so at most ~0.3 s, under what loading Numba
-# costs. Past it (a long stream of lines on stdin, say) the kernels are compiled.
+# The most work a process runs as Python, in time steps x layers x hidden units: chosen so
+# that interpreting it costs less than loading Numba would. Past it (a long stream of lines
+# on stdin, say) the kernels are compiled.
 SMALL_JOB = 50_000
 
 _kernels: list[Kernel] = []

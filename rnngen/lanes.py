@@ -4,7 +4,7 @@ A training step alternates work that BLAS can split over the cores (the big prod
 work that runs on one (the step-by-step recurrence, the softmax's passes over the logits,
 the optimiser). With BLAS splitting its products, the second core idles through the rest,
 and the BLAS pool's thread keeps spinning on it when a second thread of ours wants it (a
-2x200 LSTM step with the output layer split over two threads ran 0.79x as fast that way).
+training step with the output layer split over two threads runs slower that way).
 So :class:`Lanes` splits the work itself: the caller's thread runs the critical path
 (recurrence, then the input gradients each layer below waits for) and a worker thread takes
 side tasks (weight gradients nobody waits for until the step ends, its share of the output
@@ -35,7 +35,7 @@ class Lanes:
         self.count = max(1, int(count))
         self._tasks: collections.deque = collections.deque()
         self._pool = None
-        if self.count > 1:                      # imported here: 6-9 ms that `score "a b c"` never needs
+        if self.count > 1:                      # imported here: `score "a b c"` never needs it
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(self.count - 1, thread_name_prefix="rnngen-lane")

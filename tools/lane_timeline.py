@@ -1,9 +1,9 @@
 """What each of the two lanes does during rnngen's training steps, and when either waits.
 
-    python bench/lane_timeline.py                         # RNN 1x200 on PTB, 2 threads
-    python bench/lane_timeline.py --cell lstm --layers 2 --show 1
+    python tools/lane_timeline.py                         # RNN 1x200 on PTB, 2 threads
+    python tools/lane_timeline.py --cell lstm --layers 2 --show 1
 
-bench/profile_step.py samples only the calling thread; this wraps the lanes' task runner
+tools/profile_step.py samples only the calling thread; this wraps the lanes' task runner
 (and the output layer's rows, the cells' recurrence and the drains) with clocks, runs the
 steps that bench/rnngen_lm.py times (rnngen.train.train_step: loss and gradients, norm,
 SGD), and prints how busy
@@ -21,8 +21,10 @@ import threading
 import time
 from pathlib import Path
 
-from common import PTB_DIR, set_thread_env
-from run import prepare, ptb_missing
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))   # the bench harness
+
+from common import PTB_DIR, set_thread_env  # noqa: E402
+from run import prepare, ptb_missing  # noqa: E402
 
 BATCH, BPTT = 20, 35                       # as bench/run.py's configurations
 

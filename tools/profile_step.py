@@ -1,10 +1,10 @@
 """Where rnngen's training step spends its time: py-spy samples the rnngen worker while it
 trains on PTB, and the samples are added up per source line of rnngen (and per function).
 
-    python bench/profile_step.py                          # RNN 1x200, 2 threads, 300 chunks
-    python bench/profile_step.py --cell lstm --layers 2 --threads 1
+    python tools/profile_step.py                          # RNN 1x200, 2 threads, 300 chunks
+    python tools/profile_step.py --cell lstm --layers 2 --threads 1
 
-    python bench/profile_step.py --phase score --cell lstm --layers 2 --threads 1
+    python tools/profile_step.py --phase score --cell lstm --layers 2 --threads 1
 
 Every sample is charged to the innermost frame inside rnngen/ (NumPy calls, BLAS and the
 Numba kernels have no Python frame of their own, so their time lands on the line that calls
@@ -24,8 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import BENCH_DIR, PTB_DIR, RESULTS_DIR, ROOT, thread_env, write_json
-from run import prepare, ptb_missing
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))   # the bench harness
+
+from common import BENCH_DIR, PTB_DIR, RESULTS_DIR, ROOT, thread_env, write_json  # noqa: E402
+from run import prepare, ptb_missing  # noqa: E402
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 

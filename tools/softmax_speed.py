@@ -1,6 +1,6 @@
 """Training throughput of the full against the class-factored softmax, side by side.
 
-    python bench/softmax_speed.py [--ptb ../shared/corpora/ptb] [--hidden 200] [--chunks 30]
+    python tools/softmax_speed.py [--ptb ../shared/corpora/ptb] [--hidden 200] [--chunks 30]
 
 One process, the same PTB id stream and model size; the two models' training steps
 (:func:`rnngen.train.train_step`: loss and gradients, clipping, SGD update) are

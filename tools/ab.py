@@ -1,7 +1,7 @@
 """Two versions of rnngen taking turns: is a change faster, on this noisy machine?
 
     git worktree add /tmp/old HEAD~1
-    python bench/ab.py /tmp/old . --config lstm --phase train --rounds 12
+    python tools/ab.py /tmp/old . --config lstm --phase train --rounds 12
 
 Each tree's bench/rnngen_lm.py starts once with --serve (its own process, the tree first on
 PYTHONPATH, so that it imports that tree's rnngen), and the two take turns in blocks of
@@ -19,9 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import PTB_DIR
-from paired import block, spread, start_side, stop
-from run import CONFIGS, prepare, ptb_missing
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))   # the bench harness
+
+from common import PTB_DIR  # noqa: E402
+from paired import block, spread, start_side, stop  # noqa: E402
+from run import CONFIGS, prepare, ptb_missing  # noqa: E402
 
 
 def main(argv=None) -> int:
