@@ -65,3 +65,25 @@ def test_the_clip_is_applied_before_the_update():
         train_step(model, make_optimizer("sgd", model.params), ids[:-1], ids[1:], model.zero_state(2), 1.0, clip)
         moved[clip] = np.abs(model.params["out.b"] - before).max()
     assert 0 < moved[1e-3] < moved[0.0]
+
+
+def test_train_gives_the_blas_threads_back(tmp_path, monkeypatch):
+    """Training on two lanes sets NumPy's BLAS to one thread for the run, and back after it."""
+    import rnngen.train
+    from rnngen import blas
+    from rnngen.vocab import Vocab
+
+    vocab = Vocab(tokens=["<eos>", "<unk>", "a", "b"])
+    ids = np.random.default_rng(1).integers(0, 4, 400).astype(np.int32)
+    seen = []
+
+    def step(*args, **kwargs):
+        seen.append(blas.thread_count())
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(rnngen.train, "train_step", step)
+    with blas.numpy_threads(2):
+        train(ids, None, vocab, ModelConfig(vocab_size=4, hidden=4), TrainConfig(epochs=1, batch_size=4),
+              str(tmp_path / "m.npz"), log=lambda m: None, threads=2)
+        assert seen and set(seen) == {1}                    # each lane's BLAS on one thread during the run
+        assert blas.thread_count() == 2                     # as the caller had it afterwards
