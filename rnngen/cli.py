@@ -1,6 +1,7 @@
 """Command line: parses options and calls the library. Heavy imports (NumPy, Numba, the
 modules that load them) happen inside the commands, so that ``rnngen --help`` starts
-instantly; at the top only rnngen.config and rnngen.errors, which need neither."""
+instantly; at the top only rnngen.config, rnngen.errors and rnngen.plot's names (matplotlib is
+imported only when a plot is drawn), which need neither."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import click
 
 from .config import ACTIVATIONS, CELL_NAMES, OPTIMIZER_NAMES, SOFTMAX_NAMES, ModelConfig, TrainConfig
 from .errors import RnngenError
+from .plot import X_AXES
 
 MODEL_HELP = "Checkpoint to use (default: $RNNGEN_MODEL, else model.npz)."
 # Limits of one invocation, counted over the whole run: a --resume does not inherit them.
@@ -169,6 +171,12 @@ training_options = _options(
                  help="Stop once the run has taken this many optimiser steps in all (not inherited by --resume)."),
     click.option("--checkpoint-every", type=click.FloatRange(min=0), default=600.0, show_default=True,
                  help="Seconds between periodic checkpoints."),
+    click.option("--log-file", type=click.Path(dir_okay=False), default="",
+                 help="Append the run's metrics to this log (JSON lines; CSV if it ends in .csv); --resume "
+                      "continues the same log. See 'rnngen plot'."),
+    click.option("--log-every", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                 help="Seconds between the metrics log's records (it also writes one at each epoch's end; "
+                      "0: only then)."),
     click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for initialisation and dropout."),
 )
 
@@ -193,6 +201,7 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
       rnngen train --unit char --hidden 256 shakespeare.txt -o shakes.npz
       rnngen train ptb.train.txt --valid ptb.valid.txt --optimizer sgd --lr 1 --hidden 200
       rnngen train corpus.txt --resume model.npz --epochs 20   # continue a run
+      rnngen train corpus.txt --log-file run.jsonl && rnngen plot run.jsonl
 
     Ctrl-C or SIGTERM stops at the end of the current chunk, saves the state to resume
     from and prints the command that resumes; a second Ctrl-C quits at once. The state is
@@ -210,6 +219,8 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
     check_writable(output)                              # before minutes of reading and training
     resume = _resumable(resume_path) if resume_path else None
     config = _train_config(ctx, options, resume)
+    if config.log_file:
+        config.log_file = _log_file(config.log_file, output)
     notes: list[str] = []                               # said after the BLAS line, the log's first
     vocab, train_ids, valid_ids = prepare_data(list(corpus), **data, vocab=resume.vocab if resume else None,
                                                log=notes.append)
@@ -246,6 +257,18 @@ def _train_config(ctx, options: dict, resume):
         if name in RUN_LIMITS or ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
             saved[name] = value
     return TrainConfig.from_json(saved)
+
+
+def _log_file(path: str, output: str) -> str:
+    """The metrics log's absolute path (the checkpoint keeps it, and a --resume run from
+    another folder must find the same file), checked to be writable and not the checkpoint."""
+    from .checkpoint import check_writable
+
+    path = os.path.abspath(path)
+    if path == os.path.abspath(output):
+        raise RnngenError(f"--log-file {path} is the checkpoint (-o) itself: give the log another name")
+    check_writable(path)
+    return path
 
 
 def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: bool):
@@ -485,7 +508,76 @@ def info(model_path):
         valid = f"{h['valid_ppl']:.2f}" if h.get("valid_ppl") is not None else "-"
         out.append(f"epoch {h['epoch']:3d}{'*' if h.get('partial') else ' '} train ppl {h['train_ppl']:.2f}  "
                    f"valid ppl {valid}  lr {h['lr']:.4g}  {h['tokens_per_s']:.0f} tok/s")
-    _write("".join(line + "\n" for line in out))
+    _write("".join(line + "\n" for line in out) + _history_curve(ckpt.history))
+
+
+def _history_curve(history: list) -> str:
+    """The text chart of the history's perplexity per epoch, after a blank line ("" without
+    a history); ASCII when stdout cannot encode the block characters."""
+    import shutil
+
+    from .textplot import text_curve
+
+    try:
+        "▁█└▲".encode(sys.stdout.encoding or "ascii")
+        plain = False
+    except (UnicodeEncodeError, LookupError):
+        plain = True
+    width = min(60, max(10, shutil.get_terminal_size().columns - 12))
+    curve = text_curve(history, width=width, height=8, ascii=plain)
+    return "\n" + curve if curve else ""
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="RUN...")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="curves.png", show_default=True,
+              help="Picture to write; its extension picks the format (.png, .svg, .pdf).")
+@click.option("--x", "x", type=click.Choice(X_AXES), default="time", show_default=True,
+              help="Horizontal axis: training time, tokens processed or epochs.")
+def plot(runs, output, x):
+    """Draw the train and valid perplexity of training runs against time, tokens or epochs.
+
+    Each RUN is a metrics log written by 'rnngen train --log-file' (JSON lines, or CSV) or a
+    checkpoint (.npz), whose per-epoch history is drawn. Several runs share the picture,
+    one colour each, with a legend: train perplexity solid, valid perplexity dashed with a
+    dot per measurement, a dotted line where the learning rate decays, a star at the best
+    model. The perplexity axis is logarithmic when the values span more than 3x. Needs
+    matplotlib: pip install 'rnngen[plot]'.
+
+    \b
+    Examples:
+      rnngen plot run.jsonl                              # writes curves.png
+      rnngen plot rnn.jsonl lstm.csv --x tokens -o rnn-vs-lstm.png
+      rnngen plot model.npz --x epoch -o history.svg
+    """
+    from .plot import plot_runs, run_names
+
+    drawn = list(zip(run_names(runs), (_run_records(path) for path in runs)))
+    plot_runs(drawn, x=x, output=output)
+    click.echo(f"rnngen: wrote {output} ({len(drawn)} run{'s' if len(drawn) > 1 else ''} against {x})", err=True)
+
+
+def _run_records(path: str) -> list[dict]:
+    """The records of a metrics log, or those made from a checkpoint's history."""
+    from .metrics import history_to_records, read_log
+
+    if not _is_checkpoint(path):
+        return read_log(path)
+    ckpt = _load(path, training_state=False)
+    if not ckpt.history:
+        raise RnngenError(f"{path}: no training history to plot (the checkpoint holds no finished epoch)")
+    return history_to_records(ckpt.history, ckpt.train.get("batch_size", 0) * ckpt.train.get("bptt", 0))
+
+
+def _is_checkpoint(path: str) -> bool:
+    """Named .npz, or a zip archive whatever its name; anything else is read as a metrics log."""
+    if path.lower().endswith(".npz"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False                # read_log says what is wrong with the file
 
 
 def main(argv=None) -> None:
