@@ -19,10 +19,12 @@ MODEL_HELP = "Checkpoint to use (default: $RNNGEN_MODEL, else model.npz)."
 # Limits of one invocation, counted over the whole run: a --resume does not inherit them.
 RUN_LIMITS = ("max_steps", "max_time")
 SEED = click.IntRange(0, 2**63 - 1)
+# A file name: accepted as given (the commands check the files), completed as a file by the shell.
+FILE = click.Path()
 
 
 def model_option(f):
-    return click.option("-m", "--model", "model_path", envvar="RNNGEN_MODEL", default="model.npz",
+    return click.option("-m", "--model", "model_path", type=FILE, envvar="RNNGEN_MODEL", default="model.npz",
                         show_default=True, help=MODEL_HELP)(f)
 
 
@@ -118,8 +120,9 @@ DATA_OPTIONS = ("valid_path", "valid_fraction", "unit", "lowercase", "vocab_size
 MODEL_OPTIONS = ("cell", "hidden", "layers", "embed", "activation", "dropout", "tie_weights", "softmax", "classes")
 
 data_options = _options(
-    click.option("-o", "--output", default="model.npz", show_default=True, help="Checkpoint to write."),
-    click.option("--valid", "valid_path", help="Validation text file (default: hold out the end of the corpus)."),
+    click.option("-o", "--output", type=FILE, default="model.npz", show_default=True, help="Checkpoint to write."),
+    click.option("--valid", "valid_path", type=FILE,
+                 help="Validation text file (default: hold out the end of the corpus)."),
     click.option("--valid-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
                  help="Fraction of lines held out for validation when --valid is not given."),
     click.option("--unit", type=click.Choice(["word", "char"]), default="word", show_default=True,
@@ -171,7 +174,7 @@ training_options = _options(
                  help="Stop once the run has taken this many optimiser steps in all (not inherited by --resume)."),
     click.option("--checkpoint-every", type=click.FloatRange(min=0), default=600.0, show_default=True,
                  help="Seconds between periodic checkpoints."),
-    click.option("--log-file", type=click.Path(dir_okay=False), default="",
+    click.option("--log-file", type=FILE, default="",
                  help="Append the run's metrics to this log (JSON lines; CSV if it ends in .csv); --resume "
                       "continues the same log. See 'rnngen plot'."),
     click.option("--log-every", type=click.FloatRange(min=0), default=10.0, show_default=True,
@@ -182,11 +185,11 @@ training_options = _options(
 
 
 @cli.command()
-@click.argument("corpus", nargs=-1, required=True)
+@click.argument("corpus", nargs=-1, required=True, type=FILE)
 @data_options
 @model_options
 @training_options
-@click.option("--resume", "resume_path", help="Continue the run saved in this checkpoint.")
+@click.option("--resume", "resume_path", type=FILE, help="Continue the run saved in this checkpoint.")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
               help="What to do with bytes that are not UTF-8.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or epoch lines.")
@@ -339,7 +342,8 @@ def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed, th
 @model_option
 @click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True)
 @click.option("--per-token", is_flag=True, help="Add each token's log-probability.")
-@click.option("--stream", "stream_path", help="Perplexity of a whole file as one stream (standard LM evaluation).")
+@click.option("--stream", "stream_path", type=FILE,
+              help="Perplexity of a whole file as one stream (standard LM evaluation).")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @threads_option
@@ -472,7 +476,7 @@ def _stdin_line_batches(encoding_errors: str):
 
 
 @cli.command()
-@click.argument("model_path", required=False)
+@click.argument("model_path", required=False, type=FILE)
 def info(model_path):
     """Show which BLAS library rnngen uses here and why, then a checkpoint's configuration,
     vocabulary, size and training history (MODEL_PATH, else $RNNGEN_MODEL, else model.npz;
@@ -529,8 +533,8 @@ def _history_curve(history: list) -> str:
 
 
 @cli.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="RUN...")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default="curves.png", show_default=True,
+@click.argument("runs", nargs=-1, required=True, type=FILE, metavar="RUN...")
+@click.option("-o", "--output", type=FILE, default="curves.png", show_default=True,
               help="Picture to write; its extension picks the format (.png, .svg, .pdf).")
 @click.option("--x", "x", type=click.Choice(X_AXES), default="time", show_default=True,
               help="Horizontal axis: training time, tokens processed or epochs.")
