@@ -50,8 +50,8 @@ class RunLog:
             return
         record = {"lr": p.lr, "epoch": p.epoch + min(p.chunk / self.n_chunks, 1.0),
                   "train_loss": p.epoch_nll / p.epoch_tokens if p.epoch_tokens else None, **figures}
-        self.file.write(tokens=p.tokens, train_seconds=p.elapsed, tokens_per_s=tokens_per_s, events=events,
-                        **record)
+        self.record = self.file.write(tokens=p.tokens, train_seconds=p.elapsed, tokens_per_s=tokens_per_s,
+                                      events=events, **record)
         self.last = time.perf_counter()
 
     def saved(self, p, tokens_per_s: float | None) -> None:
@@ -67,6 +67,13 @@ class RunLog:
         events += ["lr_decay"] if p.lr < entry["lr"] else []
         self.write(p, events, entry["tokens_per_s"], lr=entry["lr"], valid_ppl=entry["valid_ppl"],
                    train_loss=math.log(entry["train_ppl"]))      # a perplexity is at least 1
+
+    def stop(self, p, tokens_per_s: float | None) -> None:
+        """Training stops at ``p`` (finished, a limit, a signal) and saves it. Its ``lr`` is
+        the steps' up to it: a decay at an epoch's end just before applies to no step yet."""
+        if self.file is not None:
+            lr = self.record["lr"] if self.record["tokens"] == p.tokens else p.lr
+            self.write(p, ["stop"], tokens_per_s, lr=lr)
 
     def rollback(self, p) -> None:
         """Training went back to ``p`` (the last save): the records after it go."""

@@ -413,7 +413,7 @@ class Reporter:
 
     def stop(self, p: Progress) -> None:
         """Training stops at ``p`` (finished, a limit, a signal), with a checkpoint of it."""
-        self.metrics.write(p, ["stop"], self.tokens_per_s if self.tokens else None)
+        self.metrics.stop(p, self.tokens_per_s if self.tokens else None)
 
 
 class TrainingInterrupted(Exception):

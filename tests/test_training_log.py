@@ -75,7 +75,7 @@ def assert_same_figures(a, b, events=lambda e: e):
 
 
 def test_a_short_run_logs_every_step_each_epoch_and_the_stop(corpus):
-    main(["train", corpus, "-o", "m.npz", "--epochs", "3", "--log-file", "run.jsonl", *OPTS])
+    main(["train", corpus, "-o", "m.npz", "--epochs", "3", "--decay-after", "2", "--log-file", "run.jsonl", *OPTS])
     records, ckpt = read_log("run.jsonl"), checkpoint.load("m.npz")
     progress, history = ckpt.train["progress"], ckpt.history
     assert records[0]["events"] == ["start"] and records[0]["tokens"] == 0 and records[0]["epoch"] == 0
@@ -88,6 +88,8 @@ def test_a_short_run_logs_every_step_each_epoch_and_the_stop(corpus):
     assert [r["tokens"] for r in ends] == [h["tokens"] for h in history]
     assert [r["valid_ppl"] for r in ends] == [pytest.approx(h["valid_ppl"]) for h in history]
     assert [r["train_ppl"] for r in ends] == [pytest.approx(h["train_ppl"]) for h in history]
+    assert [r["lr"] for r in ends] == [0.002, 0.002, 0.001] and records[-1]["lr"] == 0.001   # the steps' rate
+    assert ["lr_decay" in r["events"] for r in ends] == [False, True, True]
     best = math.inf
     for r in ends:
         assert ("best" in r["events"]) == (r["valid_ppl"] < best)
