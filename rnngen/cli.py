@@ -95,6 +95,7 @@ def cli():
       rnngen score "some sentence"         # log-probability and perplexity
       cat lines.txt | rnngen score - | sort -n | head
       rnngen info                          # the BLAS in use, and what is in model.npz
+      rnngen plot run.jsonl                # curves (from rnngen train --log-file run.jsonl)
 
     The BLAS library (NumPy's OpenBLAS, or MKL when installed and measured faster here) is
     chosen by a short calibration cached per machine; RNNGEN_BLAS=openblas or =mkl forces it.
@@ -175,8 +176,8 @@ training_options = _options(
     click.option("--checkpoint-every", type=click.FloatRange(min=0), default=600.0, show_default=True,
                  help="Seconds between periodic checkpoints."),
     click.option("--log-file", type=FILE, default="",
-                 help="Append the run's metrics to this log (JSON lines; CSV if it ends in .csv); --resume "
-                      "continues the same log. See 'rnngen plot'."),
+                 help="Write the run's metrics to this log (JSON lines; CSV if it ends in .csv). A new run "
+                      "starts it afresh; --resume appends to the log the checkpoint names. See 'rnngen plot'."),
     click.option("--log-every", type=click.FloatRange(min=0), default=10.0, show_default=True,
                  help="Seconds between the metrics log's records (it also writes one at each epoch's end; "
                       "0: only then)."),
@@ -223,7 +224,8 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
     resume = _resumable(resume_path) if resume_path else None
     config = _train_config(ctx, options, resume)
     if config.log_file:
-        config.log_file = _log_file(config.log_file, output)
+        kept = ctx.get_parameter_source("log_file") == click.core.ParameterSource.DEFAULT    # the checkpoint's
+        config.log_file = _log_file(config.log_file, output, kept)
     notes: list[str] = []                               # said after the BLAS line, the log's first
     vocab, train_ids, valid_ids = prepare_data(list(corpus), **data, vocab=resume.vocab if resume else None,
                                                log=notes.append)
@@ -262,15 +264,22 @@ def _train_config(ctx, options: dict, resume):
     return TrainConfig.from_json(saved)
 
 
-def _log_file(path: str, output: str) -> str:
+def _log_file(path: str, output: str, kept: bool) -> str:
     """The metrics log's absolute path (the checkpoint keeps it, and a --resume run from
-    another folder must find the same file), checked to be writable and not the checkpoint."""
+    another folder must find the same file), checked to be writable and not the checkpoint.
+    ``kept``: the path comes from the checkpoint, not from --log-file."""
     from .checkpoint import check_writable
 
     path = os.path.abspath(path)
     if path == os.path.abspath(output):
         raise RnngenError(f"--log-file {path} is the checkpoint (-o) itself: give the log another name")
-    check_writable(path)
+    try:
+        check_writable(path)
+    except RnngenError as exc:
+        if kept:
+            raise RnngenError(f"{exc} (the checkpoint's metrics log: give another with --log-file, or none "
+                              "with --log-file '')") from None
+        raise
     return path
 
 

@@ -229,3 +229,16 @@ def test_ctrl_c_ends_the_log_with_a_stop_at_the_saved_point(corpus, tmp_path):
     assert records[-1]["events"] == ["stop"] and [r["events"] for r in records].count(["stop"]) == 1
     assert records[-1]["tokens"] == checkpoint.load("m.npz").train["progress"]["tokens"]
     assert_continuous(records, corpus)
+
+
+def test_a_resume_whose_log_folder_is_gone_says_how_to_go_on(corpus, capsys):
+    os.mkdir("logs")
+    main(["train", corpus, "-o", "m.npz", "--epochs", "2", "--max-steps", "5", "--log-file", "logs/run.jsonl", *OPTS])
+    os.remove("logs/run.jsonl")
+    os.rmdir("logs")
+    with pytest.raises(SystemExit):
+        main(["train", corpus, "--resume", "m.npz", "-o", "m.npz", "-q"])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.endswith("(the checkpoint's metrics log: give another with --log-file, or none with --log-file '')")
+    main(["train", corpus, "--resume", "m.npz", "-o", "m.npz", "-q", "--log-file", ""])
+    assert checkpoint.load("m.npz").train["log_file"] == "" and sorted(os.listdir(".")) == ["c.txt", "m.npz"]
