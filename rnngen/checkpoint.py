@@ -347,9 +347,10 @@ def _check_record(data, kinds: dict, what: str, later: dict | None = None) -> No
     """``data`` must hold each of ``kinds`` and may hold each of ``later``, of those kinds."""
     if not isinstance(data, dict):
         raise RnngenError(f"{what} must be an object")
-    for key, kind in {**kinds, **(later or {})}.items():
+    later = later or {}
+    for key, kind in {**kinds, **later}.items():
         if key not in data:
-            if later and key in later:
+            if key in later:
                 continue
             raise RnngenError(f"{what} lacks {key!r}")
         if not _KINDS[kind](data[key]):
