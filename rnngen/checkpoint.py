@@ -62,6 +62,9 @@ HISTORY_FIELDS = {"epoch": "count", "partial": "bool", "train_ppl": "float", "va
 PROGRESS_FIELDS = {"epoch": "count", "chunk": "count", "step": "count", "lr": "rate", "best_valid": "float|None",
                    "best_score": "float|None", "bad_epochs": "count", "epoch_nll": "float", "epoch_tokens": "count",
                    "elapsed": "float", "rng": "dict", "data": "str"}
+# Fields added since: checked when present; checkpoints written before them lack them.
+HISTORY_LATER_FIELDS = {"tokens": "count"}
+PROGRESS_LATER_FIELDS = {"tokens": "count"}
 
 
 @dataclass
@@ -227,7 +230,7 @@ def _read(zf: zipfile.ZipFile, file_size: int, training_state: bool = True) -> C
     if not isinstance(history, list):
         raise RnngenError("history must be a list")
     for i, entry in enumerate(history):
-        _check_record(entry, HISTORY_FIELDS, f"history entry {i + 1}")
+        _check_record(entry, HISTORY_FIELDS, f"history entry {i + 1}", HISTORY_LATER_FIELDS)
     if config.layers > len(members):         # each layer has its own members: bounds the loops below
         raise RnngenError(f"model config declares {config.layers} layers, the file cannot hold them")
     shapes = config.param_shapes()
@@ -235,7 +238,7 @@ def _read(zf: zipfile.ZipFile, file_size: int, training_state: bool = True) -> C
     _check_sizes(members, expected)
     if any(name.startswith("resume.") for name in members):
         train_config = TrainConfig.from_json(train)
-        _check_record(train.get("progress"), PROGRESS_FIELDS, "train progress")
+        _check_record(train.get("progress"), PROGRESS_FIELDS, "train progress", PROGRESS_LATER_FIELDS)
         _check_rng(train["progress"]["rng"])
         resume_shapes = _resume_shapes(config, shapes, train_config)
         _check_sizes(members, resume_shapes)
@@ -340,11 +343,15 @@ def _dict(meta: dict, key: str) -> dict:
     return value
 
 
-def _check_record(data, kinds: dict, what: str) -> None:
+def _check_record(data, kinds: dict, what: str, later: dict | None = None) -> None:
+    """``data`` must hold each of ``kinds`` and may hold each of ``later``, of those kinds."""
     if not isinstance(data, dict):
         raise RnngenError(f"{what} must be an object")
-    for key, kind in kinds.items():
+    later = later or {}
+    for key, kind in {**kinds, **later}.items():
         if key not in data:
+            if key in later:
+                continue
             raise RnngenError(f"{what} lacks {key!r}")
         if not _KINDS[kind](data[key]):
             raise RnngenError(f"{what}: {key!r} must be {_KIND_NAMES[kind]}, not {type(data[key]).__name__}")

@@ -1,6 +1,7 @@
 """Command line: parses options and calls the library. Heavy imports (NumPy, Numba, the
 modules that load them) happen inside the commands, so that ``rnngen --help`` starts
-instantly; at the top only rnngen.config and rnngen.errors, which need neither."""
+instantly; at the top only rnngen.config, rnngen.errors and rnngen.plot's names (matplotlib is
+imported only when a plot is drawn), which need neither."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ import click
 
 from .config import ACTIVATIONS, CELL_NAMES, OPTIMIZER_NAMES, SOFTMAX_NAMES, ModelConfig, TrainConfig
 from .errors import RnngenError
+from .plot import X_AXES
 
 MODEL_HELP = "Checkpoint to use (default: $RNNGEN_MODEL, else model.npz)."
 # Limits of one invocation, counted over the whole run: a --resume does not inherit them.
 RUN_LIMITS = ("max_steps", "max_time")
 SEED = click.IntRange(0, 2**63 - 1)
+# A file name: accepted as given (the commands check the files), completed as a file by the shell.
+FILE = click.Path()
 
 
 def model_option(f):
-    return click.option("-m", "--model", "model_path", envvar="RNNGEN_MODEL", default="model.npz",
+    return click.option("-m", "--model", "model_path", type=FILE, envvar="RNNGEN_MODEL", default="model.npz",
                         show_default=True, help=MODEL_HELP)(f)
 
 
@@ -91,6 +95,7 @@ def cli():
       rnngen score "some sentence"         # log-probability and perplexity
       cat lines.txt | rnngen score - | sort -n | head
       rnngen info                          # the BLAS in use, and what is in model.npz
+      rnngen plot run.jsonl                # curves (from rnngen train --log-file run.jsonl)
 
     The BLAS library (NumPy's OpenBLAS, or MKL when installed and measured faster here) is
     chosen by a short calibration cached per machine; RNNGEN_BLAS=openblas or =mkl forces it.
@@ -116,8 +121,9 @@ DATA_OPTIONS = ("valid_path", "valid_fraction", "unit", "lowercase", "vocab_size
 MODEL_OPTIONS = ("cell", "hidden", "layers", "embed", "activation", "dropout", "tie_weights", "softmax", "classes")
 
 data_options = _options(
-    click.option("-o", "--output", default="model.npz", show_default=True, help="Checkpoint to write."),
-    click.option("--valid", "valid_path", help="Validation text file (default: hold out the end of the corpus)."),
+    click.option("-o", "--output", type=FILE, default="model.npz", show_default=True, help="Checkpoint to write."),
+    click.option("--valid", "valid_path", type=FILE,
+                 help="Validation text file (default: hold out the end of the corpus)."),
     click.option("--valid-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
                  help="Fraction of lines held out for validation when --valid is not given."),
     click.option("--unit", type=click.Choice(["word", "char"]), default="word", show_default=True,
@@ -169,16 +175,22 @@ training_options = _options(
                  help="Stop once the run has taken this many optimiser steps in all (not inherited by --resume)."),
     click.option("--checkpoint-every", type=click.FloatRange(min=0), default=600.0, show_default=True,
                  help="Seconds between periodic checkpoints."),
+    click.option("--log-file", type=FILE, default="",
+                 help="Write the run's metrics to this log (JSON lines; CSV if it ends in .csv). A new run "
+                      "starts it afresh; --resume appends to the log the checkpoint names. See 'rnngen plot'."),
+    click.option("--log-every", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                 help="Seconds between the metrics log's records (it also writes one at each epoch's end; "
+                      "0: only then)."),
     click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for initialisation and dropout."),
 )
 
 
 @cli.command()
-@click.argument("corpus", nargs=-1, required=True)
+@click.argument("corpus", nargs=-1, required=True, type=FILE)
 @data_options
 @model_options
 @training_options
-@click.option("--resume", "resume_path", help="Continue the run saved in this checkpoint.")
+@click.option("--resume", "resume_path", type=FILE, help="Continue the run saved in this checkpoint.")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
               help="What to do with bytes that are not UTF-8.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or epoch lines.")
@@ -193,6 +205,7 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
       rnngen train --unit char --hidden 256 shakespeare.txt -o shakes.npz
       rnngen train ptb.train.txt --valid ptb.valid.txt --optimizer sgd --lr 1 --hidden 200
       rnngen train corpus.txt --resume model.npz --epochs 20   # continue a run
+      rnngen train corpus.txt --log-file run.jsonl && rnngen plot run.jsonl
 
     Ctrl-C or SIGTERM stops at the end of the current chunk, saves the state to resume
     from and prints the command that resumes; a second Ctrl-C quits at once. The state is
@@ -210,6 +223,9 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
     check_writable(output)                              # before minutes of reading and training
     resume = _resumable(resume_path) if resume_path else None
     config = _train_config(ctx, options, resume)
+    if config.log_file:
+        kept = ctx.get_parameter_source("log_file") == click.core.ParameterSource.DEFAULT    # the checkpoint's
+        config.log_file = _log_file(config.log_file, output, kept)
     notes: list[str] = []                               # said after the BLAS line, the log's first
     vocab, train_ids, valid_ids = prepare_data(list(corpus), **data, vocab=resume.vocab if resume else None,
                                                log=notes.append)
@@ -246,6 +262,25 @@ def _train_config(ctx, options: dict, resume):
         if name in RUN_LIMITS or ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
             saved[name] = value
     return TrainConfig.from_json(saved)
+
+
+def _log_file(path: str, output: str, kept: bool) -> str:
+    """The metrics log's absolute path (the checkpoint keeps it, and a --resume run from
+    another folder must find the same file), checked to be writable and not the checkpoint.
+    ``kept``: the path comes from the checkpoint, not from --log-file."""
+    from .checkpoint import check_writable
+
+    path = os.path.abspath(path)
+    if path == os.path.abspath(output):
+        raise RnngenError(f"--log-file {path} is the checkpoint (-o) itself: give the log another name")
+    try:
+        check_writable(path)
+    except RnngenError as exc:
+        if kept:
+            raise RnngenError(f"{exc} (the checkpoint's metrics log: give another with --log-file, or none "
+                              "with --log-file '')") from None
+        raise
+    return path
 
 
 def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: bool):
@@ -316,7 +351,8 @@ def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed, th
 @model_option
 @click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True)
 @click.option("--per-token", is_flag=True, help="Add each token's log-probability.")
-@click.option("--stream", "stream_path", help="Perplexity of a whole file as one stream (standard LM evaluation).")
+@click.option("--stream", "stream_path", type=FILE,
+              help="Perplexity of a whole file as one stream (standard LM evaluation).")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @threads_option
@@ -449,7 +485,7 @@ def _stdin_line_batches(encoding_errors: str):
 
 
 @cli.command()
-@click.argument("model_path", required=False)
+@click.argument("model_path", required=False, type=FILE)
 def info(model_path):
     """Show which BLAS library rnngen uses here and why, then a checkpoint's configuration,
     vocabulary, size and training history (MODEL_PATH, else $RNNGEN_MODEL, else model.npz;
@@ -485,7 +521,76 @@ def info(model_path):
         valid = f"{h['valid_ppl']:.2f}" if h.get("valid_ppl") is not None else "-"
         out.append(f"epoch {h['epoch']:3d}{'*' if h.get('partial') else ' '} train ppl {h['train_ppl']:.2f}  "
                    f"valid ppl {valid}  lr {h['lr']:.4g}  {h['tokens_per_s']:.0f} tok/s")
-    _write("".join(line + "\n" for line in out))
+    _write("".join(line + "\n" for line in out) + _history_curve(ckpt.history))
+
+
+def _history_curve(history: list) -> str:
+    """The text chart of the history's perplexity per epoch, after a blank line ("" without
+    a history); ASCII when stdout cannot encode the block characters."""
+    import shutil
+
+    from .textplot import text_curve
+
+    try:
+        "▁█└▲".encode(sys.stdout.encoding or "ascii")
+        plain = False
+    except (UnicodeEncodeError, LookupError):
+        plain = True
+    width = min(60, max(10, shutil.get_terminal_size().columns - 12))
+    curve = text_curve(history, width=width, height=8, ascii=plain)
+    return "\n" + curve if curve else ""
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=FILE, metavar="RUN...")
+@click.option("-o", "--output", type=FILE, default="curves.png", show_default=True,
+              help="Picture to write; its extension picks the format (.png, .svg, .pdf).")
+@click.option("--x", "x", type=click.Choice(X_AXES), default="time", show_default=True,
+              help="Horizontal axis: training time, tokens processed or epochs.")
+def plot(runs, output, x):
+    """Draw the train and valid perplexity of training runs against time, tokens or epochs.
+
+    Each RUN is a metrics log written by 'rnngen train --log-file' (JSON lines, or CSV) or a
+    checkpoint (.npz), whose per-epoch history is drawn. Several runs share the picture,
+    one colour each, with a legend: train perplexity solid, valid perplexity dashed with a
+    dot per measurement, a dotted line where the learning rate decays, a star at the best
+    model. The perplexity axis is logarithmic when the values span more than 3x. Needs
+    matplotlib: pip install 'rnngen[plot]'.
+
+    \b
+    Examples:
+      rnngen plot run.jsonl                              # writes curves.png
+      rnngen plot rnn.jsonl lstm.csv --x tokens -o rnn-vs-lstm.png
+      rnngen plot model.npz --x epoch -o history.svg
+    """
+    from .plot import plot_runs, run_names
+
+    drawn = list(zip(run_names(runs), (_run_records(path) for path in runs)))
+    plot_runs(drawn, x=x, output=output)
+    click.echo(f"rnngen: wrote {output} ({len(drawn)} run{'s' if len(drawn) > 1 else ''} against {x})", err=True)
+
+
+def _run_records(path: str) -> list[dict]:
+    """The records of a metrics log, or those made from a checkpoint's history."""
+    from .metrics import history_to_records, read_log
+
+    if not _is_checkpoint(path):
+        return read_log(path)
+    ckpt = _load(path, training_state=False)
+    if not ckpt.history:
+        raise RnngenError(f"{path}: no training history to plot (the checkpoint holds no finished epoch)")
+    return history_to_records(ckpt.history, ckpt.train.get("batch_size", 0) * ckpt.train.get("bptt", 0))
+
+
+def _is_checkpoint(path: str) -> bool:
+    """Named .npz, or a zip archive whatever its name; anything else is read as a metrics log."""
+    if path.lower().endswith(".npz"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False                # read_log says what is wrong with the file
 
 
 def main(argv=None) -> None:

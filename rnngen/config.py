@@ -173,6 +173,8 @@ class TrainConfig:
     max_time: float = 0.0            # seconds of training, 0 = no limit
     max_steps: int = 0               # optimiser steps, 0 = no limit
     checkpoint_every: float = 600.0  # seconds between periodic checkpoints, 0 = only per epoch
+    log_file: str = ""               # metrics log (rnngen.metrics), "" = none; kept so --resume appends to it
+    log_every: float = 10.0          # seconds between the metrics log's periodic records, 0 = only at events
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZER_NAMES:
@@ -180,12 +182,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "bptt"):
             if getattr(self, name) < 1:
                 raise RnngenError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("lr", "clip", "patience", "max_time", "max_steps", "checkpoint_every", "decay_after"):
+        for name in ("lr", "clip", "patience", "max_time", "max_steps", "checkpoint_every", "decay_after",
+                     "log_every"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise RnngenError(f"--{name.replace('_', '-')} must be a non-negative number")
         if not 0 < self.lr_decay <= 1:
             raise RnngenError("--lr-decay must be in (0, 1]")
+        if "\0" in self.log_file:
+            raise RnngenError("--log-file must not contain a NUL character")
         if self.lr == 0:
             self.lr = DEFAULT_LR[self.optimizer]
 

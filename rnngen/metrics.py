@@ -413,8 +413,9 @@ def history_to_records(history: list[dict], tokens_per_step: int | None = None) 
     checkpoint plots like a log.
 
     ``time`` is None (a history has no clock times); ``train_seconds`` is the entry's
-    ``elapsed``; ``tokens`` is ``step * tokens_per_step`` (pass the checkpoint's
-    batch_size * bptt: approximate, as an epoch's last chunk is shorter), None without it.
+    ``elapsed``; ``tokens`` is the entry's ``tokens`` (recorded since rnngen counts them),
+    else ``step * tokens_per_step`` (pass the checkpoint's batch_size * bptt: approximate,
+    as an epoch's last chunk is shorter), else None.
     Events: ``epoch_end`` for a whole epoch, ``stop`` for a part one, ``best`` at a new
     lowest perplexity (valid, else train), ``lr_decay`` where the next entry's rate is lower.
     """
@@ -427,10 +428,12 @@ def history_to_records(history: list[dict], tokens_per_step: int | None = None) 
             events.append("best")
         if i + 1 < len(history) and history[i + 1]["lr"] < h["lr"]:
             events.append("lr_decay")
-        step, elapsed, speed = h.get("step"), h.get("elapsed"), h.get("tokens_per_s")
+        step, elapsed, speed, tokens = h.get("step"), h.get("elapsed"), h.get("tokens_per_s"), h.get("tokens")
+        if tokens is None and step is not None and tokens_per_step:
+            tokens = step * tokens_per_step
         records.append({
             "version": VERSION, "time": None, "train_seconds": None if elapsed is None else float(elapsed),
-            "tokens": step * tokens_per_step if step is not None and tokens_per_step else None,
+            "tokens": tokens,
             "epoch": _history_epoch(history, i), "train_loss": math.log(train_ppl), "train_ppl": train_ppl,
             "valid_ppl": None if valid_ppl is None else float(valid_ppl), "lr": float(h["lr"]),
             "tokens_per_s": None if speed is None else float(speed), "events": events})

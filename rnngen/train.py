@@ -36,6 +36,7 @@ from .errors import RnngenError
 from .lanes import SERIAL, Lanes, training
 from .model import Model, ModelConfig
 from .optim import Optimizer, clip_scale, global_norm, make_optimizer
+from .runlog import RunLog
 from .score import stream_logprob
 from .textio import TextFile
 from .vocab import Vocab
@@ -63,7 +64,8 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     last state it saved (or started from) with half the learning rate, up to MAX_RECOVERIES
     times in a row. ``threads`` is how many threads a step uses (:func:`rnngen.lanes.training_lanes`;
     None: chosen from the model size). ``config`` is left as it is, and so are the BLAS
-    thread counts once this returns.
+    thread counts once this returns. With ``config.log_file`` the run's metrics go to that
+    log as it trains (:mod:`rnngen.runlog`).
     """
     train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
     config = _fit_batch_size(config, len(train_ids), log)
@@ -74,9 +76,11 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
         run = _new_run(model_config, config, train_ids)
     threads = threads or blas.auto_threads(run.model.config.hidden, run.model.config.vocab_size)
     saved = Checkpoints(output, vocab, config, run, log)
-    reporter = Reporter(log, progress, data.count)
+    reporter = Reporter(log, progress, data.count,
+                        RunLog(config.log_file, config.log_every, data.count, run.progress, resume is not None))
+    saved.after_save, saved.rollback.after_restore = reporter.saved, reporter.rolled_back
     stop = None
-    with (training(threads, run.model.config.softmax) as lanes, _Signals() as signals,
+    with (training(threads, run.model.config.softmax) as lanes, _Signals() as signals, reporter.metrics,
           np.errstate(over="ignore", invalid="ignore")):                     # divergence is handled
         while run.progress.epoch < config.epochs and stop is None:
             stop = _train_epoch(run, data, config, lanes, saved, reporter, signals)
@@ -85,12 +89,14 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
                 continue
             entry, is_best = _close_epoch(run, config, validate(run.model, valid_ids, threads),
                                           reporter.tokens_per_s, data.count)
-            reporter.epoch(entry, is_best)
+            reporter.epoch(entry, is_best, run.progress)
             if not entry["partial"] and config.patience and run.progress.bad_epochs >= config.patience:
                 stop = f"no improvement for {config.patience} epochs"
             saved.save(run)
             if signals.received is not None and run.progress.epoch < config.epochs and stop is None:
+                reporter.stop(run.progress)
                 raise TrainingInterrupted(signals.received, run.progress.where())
+        reporter.stop(run.progress)
     if stop:
         log(f"rnngen: stopped: {stop}")
     run.progress.done = run.progress.epoch >= config.epochs
@@ -123,6 +129,7 @@ def _train_epoch(run: Run, data: Chunks, config: TrainConfig, lanes: Lanes, save
         if signals.received is not None:
             reporter.close()
             saved.ensure_finite(run)
+            reporter.stop(run.progress)
             saved.save(run)
             raise TrainingInterrupted(signals.received, run.progress.where())
         stop = _limit_reached(config, p)
@@ -186,7 +193,8 @@ def _close_epoch(run: Run, config: TrainConfig, valid_ppl: float | None, tokens_
     train_ppl = _ppl(p.epoch_nll, p.epoch_tokens)
     score = valid_ppl if valid_ppl is not None else train_ppl
     entry = {"epoch": p.epoch + 1, "partial": partial, "step": p.step, "train_ppl": train_ppl,
-             "valid_ppl": valid_ppl, "lr": p.lr, "tokens_per_s": tokens_per_s, "elapsed": p.elapsed}
+             "valid_ppl": valid_ppl, "lr": p.lr, "tokens_per_s": tokens_per_s, "elapsed": p.elapsed,
+             "tokens": p.tokens}
     run.history.append(entry)
     is_best = p.best_score is None or score < p.best_score
     if is_best:
@@ -222,6 +230,7 @@ class Progress:
     rng: dict = field(default_factory=dict)     # the dropout RNG's state when last saved
     data: str = ""                  # the training stream's fingerprint
     done: bool = False              # every epoch trained
+    tokens: int = 0                 # training tokens processed (older checkpoints lack it: see _resumed_run)
 
     @classmethod
     def from_json(cls, data: dict) -> Progress:
@@ -231,6 +240,7 @@ class Progress:
         """Count one step on a chunk of ``tokens`` tokens that took ``seconds``."""
         self.chunk += 1
         self.step += 1
+        self.tokens += tokens
         self.epoch_nll += nll
         self.epoch_tokens += tokens
         self.elapsed += seconds
@@ -273,6 +283,7 @@ class Rollback:
 
     def __init__(self, run: Run, log: Callable[[str], None]):
         self.log = log
+        self.after_restore: Callable[[Run], None] = lambda run: None     # told once the run is back
         self.keep(run)
 
     def keep(self, run: Run) -> None:
@@ -302,6 +313,7 @@ class Rollback:
         run.best = self.best
         self.log(f"rnngen: training diverged ({problem}); back to step {run.progress.step} "
                  f"with the learning rate halved to {run.progress.lr:.4g}")
+        self.after_restore(run)
 
 
 class Checkpoints:
@@ -316,6 +328,7 @@ class Checkpoints:
         self.output, self.vocab, self.config = output, vocab, config
         self.rollback = Rollback(run, log)
         self.last_save = time.perf_counter()
+        self.after_save: Callable[[Run], None] = lambda run: None        # told after each save
 
     def due(self) -> bool:
         """Is a periodic save due?"""
@@ -333,6 +346,7 @@ class Checkpoints:
         self.write(run)
         self.rollback.keep(run)
         self.last_save = time.perf_counter()
+        self.after_save(run)
 
     def write(self, run: Run) -> Checkpoint:
         ckpt = run.checkpoint(self.vocab, self.config)
@@ -342,11 +356,12 @@ class Checkpoints:
 
 class Reporter:
     """What a run shows: on a terminal a progress bar, else a line every PROGRESS_EVERY
-    seconds; a line at each epoch's end. Every step's figures (:meth:`step`) and every
-    epoch's (:meth:`epoch`) pass through here."""
+    seconds; a line at each epoch's end; and the records of the metrics log (``metrics``).
+    Every step's figures (:meth:`step`) and every epoch's (:meth:`epoch`) pass through here,
+    and so do the saves, rollbacks and the stop that the metrics log records."""
 
-    def __init__(self, log: Callable[[str], None], bar: bool, n_chunks: int):
-        self.log, self.use_bar, self.n_chunks = log, bar, n_chunks
+    def __init__(self, log: Callable[[str], None], bar: bool, n_chunks: int, metrics: RunLog):
+        self.log, self.use_bar, self.n_chunks, self.metrics = log, bar, n_chunks, metrics
         self.bar = None
         self.tokens, self.seconds = 0, 0.0          # this epoch's, for its throughput
         self.last_line = time.perf_counter()
@@ -375,16 +390,30 @@ class Reporter:
             self.last_line = time.perf_counter()
             self.log(f"epoch {p.epoch + 1:3d}  {100 * p.chunk / self.n_chunks:5.1f}%  train ppl {train_ppl:9.2f}  "
                      f"{self.tokens_per_s:7.0f} tok/s  elapsed {_fmt_time(p.elapsed)}")
+        if self.metrics.due():
+            self.metrics.write(p, (), self.tokens_per_s)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
-    def epoch(self, entry: dict, is_best: bool) -> None:
+    def epoch(self, entry: dict, is_best: bool, p: Progress) -> None:
+        """The history ``entry`` of an epoch just closed; ``p`` is the progress after it."""
         valid = f"{entry['valid_ppl']:9.2f}" if entry["valid_ppl"] is not None else "        -"
         self.log(f"epoch {entry['epoch']:3d}{'*' if entry['partial'] else ' '} train ppl {entry['train_ppl']:9.2f}  "
                  f"valid ppl {valid}  lr {entry['lr']:.4g}  {entry['tokens_per_s']:7.0f} tok/s  "
                  f"elapsed {_fmt_time(entry['elapsed'])}{'  (best)' if is_best else ''}")
+        self.metrics.epoch(entry, is_best, p)
+
+    def saved(self, run: Run) -> None:
+        self.metrics.saved(run.progress, self.tokens_per_s if self.tokens else None)
+
+    def rolled_back(self, run: Run) -> None:
+        self.metrics.rollback(run.progress)
+
+    def stop(self, p: Progress) -> None:
+        """Training stops at ``p`` (finished, a limit, a signal), with a checkpoint of it."""
+        self.metrics.stop(p, self.tokens_per_s if self.tokens else None)
 
 
 class TrainingInterrupted(Exception):
@@ -463,8 +492,17 @@ def _resumed_run(ckpt: Checkpoint, config: TrainConfig, train_ids: np.ndarray, n
     rng = np.random.default_rng()
     rng.bit_generator.state = progress.rng
     progress.done = False
+    if "tokens" not in ckpt.train["progress"]:      # saved before progress counted them
+        progress.tokens = _tokens_trained(progress, config.batch_size, config.bptt, len(train_ids))
     best = {k: v.copy() for k, v in ckpt.model.params.items()} if progress.best_score is not None else None
     return Run(model, optim, state, rng, progress, list(ckpt.history), best)
+
+
+def _tokens_trained(p: Progress, batch_size: int, bptt: int, n_ids: int) -> int:
+    """The training tokens a run at ``p`` has processed: its whole epochs, each the batch's
+    rows of ``(n_ids - 1) // batch_size`` steps, and the chunks of this one."""
+    row = (n_ids - 1) // batch_size
+    return batch_size * (p.epoch * row + min(p.chunk * bptt, row))
 
 
 def _under(arrays: dict, prefix: str) -> dict:

@@ -249,7 +249,8 @@ def test_wrong_config_types_and_sizes(base, tmp_path, key, value):
     (("train", "batch_size"), 2.5), (("train", "progress", "rng"), {"bit_generator": "PCG64"}),
     (("train", "progress", "step"), -1), (("train", "progress", "lr"), float("nan")),
     (("history", 0, "epoch"), "one"), (("history", 0, "train_ppl"), None), (("version",), True),
-    (("version",), 99),
+    (("version",), 99), (("train", "log_file"), 5), (("train", "log_every"), "10"),
+    (("train", "progress", "tokens"), -1), (("history", 0, "tokens"), "many"),
 ])
 def test_wrong_vocabulary_training_and_history_fields(base, tmp_path, path, value):
     members = dict(base, **{"meta.npy": edit_meta(base["meta.npy"], path, value, False)})

@@ -368,6 +368,14 @@ def test_history_to_records():
     assert list(records[0]) == list(FIELDS)
 
 
+def test_history_with_token_counts():
+    """Entries that record their tokens (rnngen counts them now) give them exactly."""
+    counted = [dict(h, tokens=69_000 * (i + 1)) for i, h in enumerate(HISTORY)]
+    assert [r["tokens"] for r in history_to_records(counted, tokens_per_step=700)] == \
+        [69_000, 138_000, 207_000, 276_000, 345_000]
+    assert [r["tokens"] for r in history_to_records(counted)] == [69_000, 138_000, 207_000, 276_000, 345_000]
+
+
 def test_history_without_steps():
     bare = [{k: v for k, v in h.items() if k not in ("step", "elapsed")} for h in HISTORY[2:3]]
     records = history_to_records(bare, tokens_per_step=700)

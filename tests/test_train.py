@@ -36,11 +36,13 @@ def test_a_step_with_a_non_finite_loss_changes_nothing(monkeypatch):
 def test_progress_is_saved_under_the_keys_older_checkpoints_have():
     """--resume reads train.progress by these names: a rename would strand older checkpoints."""
     names = [f.name for f in dataclasses.fields(Progress)]
-    assert names == [*checkpoint.PROGRESS_FIELDS, "done"]
+    assert names == [*checkpoint.PROGRESS_FIELDS, "done", *checkpoint.PROGRESS_LATER_FIELDS]
     saved = {"epoch": 2, "chunk": 5, "step": 77, "lr": 0.25, "best_valid": 9.5, "best_score": 9.1, "bad_epochs": 1,
              "epoch_nll": 12.5, "epoch_tokens": 300, "elapsed": 3.5, "rng": {"bit_generator": "PCG64"},
-             "data": "900:0badf00d", "done": False}
+             "data": "900:0badf00d", "done": False, "tokens": 53900}
     assert dataclasses.asdict(Progress.from_json(saved)) == saved
+    del saved["tokens"]                             # written before progress counted tokens
+    assert Progress.from_json(saved).tokens == 0
 
 
 def test_train_leaves_the_callers_config_alone(tmp_path):
