@@ -19,8 +19,10 @@ def test_lane_timeline_clocks_both_threads():
                           "--warmup", "1", "--steps", "2"], capture_output=True, text=True, cwd=BENCH, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "tokens/s over 2 steps" in run.stdout
-    for what in ("worker  output rows", "caller  output rows", "caller  recurrence", "worker  matmul"):
-        assert what in run.stdout, what
+    # Which lane takes a task depends on timing (on a busy machine the caller may run them
+    # all), so each clock must show on one lane or the other.
+    for what in ("output rows", "recurrence", "matmul", "_input_weight_grads"):
+        assert f"caller  {what}" in run.stdout or f"worker  {what}" in run.stdout, what
     assert "\nstep 3:" in run.stdout
 
 
