@@ -30,6 +30,7 @@ import numpy as np
 
 from .config import ModelConfig, TrainConfig
 from .errors import RnngenError
+from .files import fsync_folder
 from .model import Model
 from .optim import optimizer_class
 from .vocab import Vocab
@@ -104,7 +105,7 @@ def save(path: str, ckpt: Checkpoint) -> None:
             raise RnngenError(f"cannot write {path}: {exc.strerror or exc} "
                               "(any previous checkpoint there is unchanged)") from None
         raise
-    _fsync_folder(folder)
+    fsync_folder(folder)
     _remove_stale_temps(path)
 
 
@@ -168,17 +169,6 @@ def _running(pid: int) -> bool:
     except OSError:                 # exists, owned by someone else
         return True
     return True
-
-
-def _fsync_folder(folder: str) -> None:
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def load(path: str, training_state: bool = True) -> Checkpoint:

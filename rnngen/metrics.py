@@ -66,6 +66,7 @@ import uuid
 from datetime import datetime, timezone
 
 from .errors import RnngenError
+from .files import fsync_folder
 
 VERSION = 1
 FIELDS = ("version", "time", "train_seconds", "tokens", "epoch", "train_loss", "train_ppl", "valid_ppl",
@@ -398,14 +399,7 @@ def _replace_file(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise RnngenError(f"cannot rewrite {path}: {exc.strerror or exc} (the log is unchanged)") from None
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass        # some file systems cannot fsync a folder; the rename has happened anyway
+    fsync_folder(folder)
 
 
 def history_to_records(history: list[dict], tokens_per_step: int | None = None) -> list[dict]:
