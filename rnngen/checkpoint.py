@@ -30,7 +30,7 @@ import numpy as np
 
 from .config import ModelConfig, TrainConfig
 from .errors import RnngenError
-from .files import fsync_folder
+from .files import replace_atomically
 from .model import Model
 from .optim import optimizer_class
 from .vocab import Vocab
@@ -89,23 +89,11 @@ def save(path: str, ckpt: Checkpoint) -> None:
     for k, v in arrays.items():     # load() refuses them, so never write them
         if k != "meta" and not np.all(np.isfinite(v)):
             raise RnngenError(f"refusing to save {path}: {k} is not finite")
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = _temp_name(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # umask applies, unlike mkstemp
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise RnngenError(f"cannot write {path}: {exc.strerror or exc} "
-                              "(any previous checkpoint there is unchanged)") from None
-        raise
-    fsync_folder(folder)
+        replace_atomically(path, _temp_name(path), lambda fh: np.savez(fh, **arrays))
+    except OSError as exc:
+        raise RnngenError(f"cannot write {path}: {exc.strerror or exc} "
+                          "(any previous checkpoint there is unchanged)") from None
     _remove_stale_temps(path)
 
 

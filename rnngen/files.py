@@ -16,3 +16,24 @@ def fsync_folder(folder: str) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def replace_atomically(path: str, tmp: str, write, text: bool = False) -> None:
+    """Put a new ``path`` in place in one step: ``write(fh)`` fills the temporary file
+    ``tmp`` (same folder, created here, mode as ``path``'s when it exists), which is fsynced
+    and renamed over ``path``. A crash at any moment leaves the old file whole; on any
+    failure ``tmp`` is removed and the error raised again."""
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # umask applies, unlike mkstemp
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") if text else os.fdopen(fd, "wb") as fh:
+            if os.path.exists(path):
+                os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_folder(os.path.dirname(os.path.abspath(path)))

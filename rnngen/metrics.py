@@ -66,7 +66,7 @@ import uuid
 from datetime import datetime, timezone
 
 from .errors import RnngenError
-from .files import fsync_folder
+from .files import replace_atomically
 
 VERSION = 1
 FIELDS = ("version", "time", "train_seconds", "tokens", "epoch", "train_loss", "train_ppl", "valid_ppl",
@@ -387,19 +387,9 @@ def _replace_file(path: str, text: str) -> None:
     folder, base = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".{base}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            if os.path.exists(path):
-                os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_atomically(path, tmp, lambda fh: fh.write(text), text=True)
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise RnngenError(f"cannot rewrite {path}: {exc.strerror or exc} (the log is unchanged)") from None
-    fsync_folder(folder)
 
 
 def history_to_records(history: list[dict], tokens_per_step: int | None = None) -> list[dict]:
