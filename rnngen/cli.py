@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from . import distributed
 from .config import ACTIVATIONS, CELL_NAMES, OPTIMIZER_NAMES, SOFTMAX_NAMES, ModelConfig, TrainConfig
 from .errors import RnngenError
 
@@ -183,8 +184,11 @@ training_options = _options(
               help="What to do with bytes that are not UTF-8.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or epoch lines.")
 @threads_option
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Train data-parallel in N MPI ranks on this machine (mpiexec -n N; needs rnngen[mpi]); "
+                   "--threads is then per rank, by default the cores shared out.")
 @click.pass_context
-def train(ctx, corpus, output, resume_path, quiet, threads, **options):
+def train(ctx, corpus, output, resume_path, quiet, threads, workers, **options):
     """Train a language model on CORPUS (text files, one sentence per line; - for stdin).
 
     \b
@@ -193,12 +197,19 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
       rnngen train --unit char --hidden 256 shakespeare.txt -o shakes.npz
       rnngen train ptb.train.txt --valid ptb.valid.txt --optimizer sgd --lr 1 --hidden 200
       rnngen train corpus.txt --resume model.npz --epochs 20   # continue a run
+      rnngen train corpus.txt --workers 2              # 2 MPI ranks on this machine
+      mpiexec -f hostfile -n 8 rnngen train corpus.txt # 8 ranks across machines
 
     Ctrl-C or SIGTERM stops at the end of the current chunk, saves the state to resume
     from and prints the command that resumes; a second Ctrl-C quits at once. The state is
     also saved every --checkpoint-every seconds, always atomically. A NaN or infinite loss
     goes back to the last saved state with half the learning rate (at most 3 times in a row).
+
+    Under an MPI launcher each rank trains its share of every batch's streams; the result
+    is that of one process with the same --batch-size. Rank 0 logs, validates and writes.
     """
+    if workers is not None and distributed.launched_size() == 1:
+        distributed.launch_workers(workers, _ARGV[0])
     from . import blas, jit
     from .checkpoint import check_writable
     from .train import TrainingInterrupted, prepare_data
@@ -206,6 +217,7 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
 
     data = {name: options.pop(name) for name in DATA_OPTIONS}
     model = {name: options.pop(name) for name in MODEL_OPTIONS}
+    quiet = quiet or not distributed.world().root       # one log for the job: rank 0's
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     check_writable(output)                              # before minutes of reading and training
     resume = _resumable(resume_path) if resume_path else None
@@ -254,6 +266,8 @@ def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: 
 
     for sig in (signal.SIGINT, signal.SIGTERM):     # saved: another one could only garble the exit
         signal.signal(sig, signal.SIG_IGN)
+    if not distributed.world().root:                # rank 0 says it for the job
+        sys.exit(128 + exc.signum)
     # Everything the saved state does not pin down goes into the command: the data
     # options (the resumed data must be the same) and this run's limits.
     cmd = ["rnngen", "train", *corpus]
@@ -488,9 +502,21 @@ def info(model_path):
     _write("".join(line + "\n" for line in out))
 
 
-def main(argv=None) -> None:
-    """Entry point: every expected failure becomes one line on stderr and a non-zero exit."""
+# The command line's arguments, for --workers to start the same command under mpiexec.
+_ARGV: list = [None]
 
+
+def main(argv=None) -> None:
+    """Entry point: every expected failure becomes one line on stderr and a non-zero exit;
+    under an MPI launcher, an error on any rank ends the whole job (distributed.run_rank)."""
+    _ARGV[0] = list(sys.argv[1:] if argv is None else argv)
+    if distributed.launched_size() > 1:
+        distributed.run_rank(_main, argv)
+    else:
+        _main(argv)
+
+
+def _main(argv=None) -> None:
     prog = "rnngen"
     try:
         cli.main(args=argv, prog_name=prog, standalone_mode=False)
@@ -525,4 +551,5 @@ def main(argv=None) -> None:
 
 
 def _error(prefix: str, message: str) -> None:
+    distributed.before_error()
     click.echo(f"{prefix}: error: {' '.join(message.split())}", err=True)

@@ -1,0 +1,248 @@
+"""Data-parallel training and scoring over MPI: the ranks of one job, and what they share.
+
+:func:`world` is this process's place in the job. A plain run is a :class:`World` of one,
+which needs no MPI at all; a process started by an MPI launcher (``mpiexec -n N rnngen ...``,
+or ``rnngen train --workers N``) is an :class:`MPIWorld`, and only then is mpi4py imported.
+The launcher is recognised by the variables it sets in each process's environment.
+
+Training is synchronous: the batch's B streams go to the ranks in contiguous slices
+(:meth:`World.part`); each rank computes the gradients of its streams' loss, divided by the
+*global* batch size, so that their sum over the ranks is the one-process gradient; one
+all-reduce (sum) per step adds them up (:func:`reduce_step`), and every rank then makes
+the same update. The embedding's gradient stays row-sparse: every rank reads the whole
+chunk, so each knows the rows the global batch touches and reduces just those.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from .errors import RnngenError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# NumPy and the modules that load Numba are imported in the functions that use them: the CLI
+# imports this module at start-up, which `rnngen --help` keeps short.
+
+# Environment variables by which MPI launchers tell a process its rank and the job's size:
+# MPICH's Hydra (and Intel MPI), Open MPI, and Slurm's PMI2/PMIx.
+LAUNCHER_VARIABLES = (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                      ("PMIX_RANK", "PMI_SIZE"))
+LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
+# Control values that ride along at the end of each step's all-reduce.
+SIGNAL, SAVE_DUE, SECONDS = range(3)
+CONTROLS = 3
+# Seconds a rank other than 0 waits before it reports its error and aborts the job: when
+# every rank fails the same way (a bad option, a missing file), rank 0 says it alone.
+ABORT_GRACE = 1.0
+# Exit codes after a signal (128 + SIGINT, SIGTERM): every rank saved and stopped together.
+INTERRUPTED = (130, 143)
+
+
+def launched_size(environ=os.environ) -> int:
+    """The number of ranks the MPI launcher started, from its variables; 1 outside one."""
+    for rank, size in LAUNCHER_VARIABLES:
+        if rank in environ and size in environ:
+            return int(environ[size])
+    return 1
+
+
+class World:
+    """The job as one process sees it. This class is the job of a single process."""
+
+    rank = 0
+    size = 1
+
+    @property
+    def root(self) -> bool:
+        return self.rank == 0
+
+    def part(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` streams: sizes differ by at most one."""
+        return slice(n * self.rank // self.size, n * (self.rank + 1) // self.size)
+
+    def allreduce(self, buffer: np.ndarray) -> np.ndarray:
+        """The element-wise sum of ``buffer`` over the ranks (in place)."""
+        return buffer
+
+    def bcast(self, value):
+        """Rank 0's ``value``, on every rank."""
+        return value
+
+    def gather(self, array: np.ndarray, axis: int) -> np.ndarray | None:
+        """The ranks' arrays joined along ``axis`` in rank order, on rank 0 (None elsewhere)."""
+        return array
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is True on every rank."""
+        return flag
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is True on any rank."""
+        return not self.agree(not flag)
+
+    def on_root(self, fn, *args):
+        """``fn(*args)`` run on rank 0 alone; its result on every rank."""
+        return self.bcast(fn(*args) if self.root else None)
+
+    def threads(self) -> int:
+        """Threads a rank uses by default: the cores shared out among this machine's ranks."""
+        return os.cpu_count() or 1
+
+
+SINGLE = World()
+
+
+class MPIWorld(World):
+    """A rank of a job started by an MPI launcher (mpi4py's COMM_WORLD)."""
+
+    def __init__(self):
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise RnngenError("started by an MPI launcher, but mpi4py is not installed "
+                              "(pip install 'rnngen[mpi]')") from None
+        self.MPI, self.comm = MPI, MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+
+    def allreduce(self, buffer: np.ndarray) -> np.ndarray:
+        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
+        return buffer
+
+    def bcast(self, value):
+        return self.comm.bcast(value, root=0)
+
+    def gather(self, array: np.ndarray, axis: int) -> np.ndarray | None:
+        import numpy as np
+
+        parts = self.comm.gather(np.ascontiguousarray(array), root=0)
+        return np.concatenate(parts, axis=axis) if self.root else None
+
+    def agree(self, flag: bool) -> bool:
+        return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MIN))
+
+    def threads(self) -> int:
+        local = next((int(os.environ[v]) for v in LOCAL_SIZE_VARIABLES if v in os.environ), self.size)
+        return max(1, (os.cpu_count() or 1) // max(1, local))
+
+    def abort(self, code: int = 1) -> None:
+        self.comm.Abort(code)
+
+
+@functools.cache
+def world() -> World:
+    """This process's world: MPI's when an MPI launcher started more than one rank."""
+    return MPIWorld() if launched_size() > 1 else SINGLE
+
+
+def run_rank(main, argv=None) -> None:
+    """Run the CLI's ``main`` as one rank of a job: an error ends the whole job (MPI_Abort)
+    after one line on stderr, so that no rank waits forever for one that has given up. A
+    rank killed outright is the launcher's to notice: it then ends the others. A clean exit,
+    or one after a signal (which every rank takes at the same step), ends this rank alone."""
+    w = world()
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 0 or code in INTERRUPTED or not isinstance(w, MPIWorld):
+            raise
+        w.abort(code)
+    except BaseException as exc:                # an error the CLI does not turn into one line
+        if not isinstance(w, MPIWorld):
+            raise
+        before_error()
+        print(f"rnngen: error: rank {w.rank}: {type(exc).__name__}: {' '.join(str(exc).split())}",
+              file=sys.stderr, flush=True)
+        w.abort(1)
+
+
+@functools.cache
+def before_error() -> None:
+    """Called before a rank reports an error: a rank other than 0 waits ABORT_GRACE seconds
+    first, so that an error that every rank meets is said once, by rank 0, whose abort ends
+    the others before they say it."""
+    if launched_size() > 1 and not world().root:
+        time.sleep(ABORT_GRACE)
+
+
+# --- one training step's all-reduce -------------------------------------------------------
+
+def reduce_step(w: World, nll: float, grads: dict, inputs: np.ndarray, controls: np.ndarray) -> tuple:
+    """Add up the ranks' summed NLL, gradients and ``controls`` in one all-reduce.
+
+    ``inputs`` is the whole chunk (T, B), the same on every rank: the embedding's row-sparse
+    gradient is reduced over the rows the global batch touches, which each rank finds
+    without asking the others, and comes back as a RowGrad over those rows. Returns
+    (nll, gradients, controls), each the same on every rank."""
+    import numpy as np
+
+    from .rowgrad import RowGrad
+
+    if w.size == 1:
+        return nll, grads, controls
+    names = list(grads)
+    rows = {k: np.unique(inputs) for k in names if isinstance(grads[k], RowGrad)}
+    sizes = [rows[k].size * grads[k].shape[1] if k in rows else grads[k].size for k in names]
+    dtype = next(iter(grads.values())).dtype
+    buffer = np.zeros(sum(sizes) + 1 + CONTROLS, dtype=np.float64 if dtype == np.float64 else np.float32)
+    views, start = {}, 0
+    for k, n in zip(names, sizes):
+        views[k] = buffer[start:start + n]
+        start += n
+        g = grads[k]
+        if k in rows:
+            dense = views[k].reshape(rows[k].size, g.shape[1])
+            dense[np.searchsorted(rows[k], g.rows)] = g.values
+        else:
+            views[k].reshape(g.shape)[...] = g
+    buffer[start] = nll
+    buffer[start + 1:] = controls
+    w.allreduce(buffer)
+    out = {k: RowGrad(rows[k], views[k].reshape(rows[k].size, grads[k].shape[1]), grads[k].shape) if k in rows
+           else views[k].reshape(grads[k].shape) for k in names}
+    return float(buffer[start]), out, buffer[start + 1:].astype(np.float64)
+
+
+# --- starting a job on this machine --------------------------------------------------------
+
+def mpiexec_path() -> str:
+    """The MPI launcher: the one beside this Python (the mpich wheel's, in a venv), else on PATH."""
+    import importlib.util
+    import shutil
+
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    launcher = beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
+    if launcher is None or importlib.util.find_spec("mpi4py") is None:
+        raise RnngenError("--workers needs MPI: pip install 'rnngen[mpi]' (mpi4py and MPICH's mpiexec)")
+    return launcher
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without the option ``name`` and its value (``--name N`` or ``--name=N``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+def launch_workers(workers: int, argv: list[str]) -> None:
+    """Replace this process with ``mpiexec -n workers`` running the same command without
+    --workers: the job that ``mpiexec -n workers rnngen ...`` starts. One worker is this
+    process itself, with no MPI at all."""
+    if workers == 1:
+        return
+    launcher = mpiexec_path()
+    sys.stderr.flush()
+    os.execv(launcher, [launcher, "-n", str(workers), sys.executable, "-m", "rnngen",
+                        *without_option(argv, "--workers")])
