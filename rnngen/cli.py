@@ -270,7 +270,9 @@ def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: 
         sys.exit(128 + exc.signum)
     # Everything the saved state does not pin down goes into the command: the data
     # options (the resumed data must be the same) and this run's limits.
-    cmd = ["rnngen", "train", *corpus]
+    size = distributed.world().size
+    cmd = ["mpiexec", "-n", str(size)] if size > 1 else []       # any number of ranks resumes it
+    cmd += ["rnngen", "train", *corpus]
     if data["valid_path"]:
         cmd += ["--valid", data["valid_path"]]
     if ctx.get_parameter_source("valid_fraction") != click.core.ParameterSource.DEFAULT:
@@ -551,5 +553,5 @@ def _main(argv=None) -> None:
 
 
 def _error(prefix: str, message: str) -> None:
-    distributed.before_error()
+    prefix += distributed.before_error()
     click.echo(f"{prefix}: error: {' '.join(message.split())}", err=True)

@@ -152,23 +152,37 @@ def run_rank(main, argv=None) -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code == 0 or code in INTERRUPTED or not isinstance(w, MPIWorld):
             raise
-        w.abort(code)
+        _abort(w, code)
     except BaseException as exc:                # an error the CLI does not turn into one line
         if not isinstance(w, MPIWorld):
             raise
-        before_error()
-        print(f"rnngen: error: rank {w.rank}: {type(exc).__name__}: {' '.join(str(exc).split())}",
-              file=sys.stderr, flush=True)
-        w.abort(1)
+        if isinstance(exc, w.MPI.Exception):    # a rank that died or aborted broke a collective
+            message = "another rank of the job stopped (killed, or out of memory?); ending the job"
+        else:
+            message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        print(f"rnngen{before_error()}: error: {message}", file=sys.stderr, flush=True)
+        _abort(w, 1)
+
+
+def _abort(w: MPIWorld, code: int) -> None:
+    """MPI_Abort, with stderr closed first: the error has been said, and MPICH's own line
+    about the abort would only repeat it."""
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    w.abort(code)
 
 
 @functools.cache
-def before_error() -> None:
-    """Called before a rank reports an error: a rank other than 0 waits ABORT_GRACE seconds
-    first, so that an error that every rank meets is said once, by rank 0, whose abort ends
-    the others before they say it."""
-    if launched_size() > 1 and not world().root:
-        time.sleep(ABORT_GRACE)
+def before_error() -> str:
+    """Called before a rank reports an error; returns what names the rank in the message
+    (nothing in a single process, nor on rank 0). A rank other than 0 waits ABORT_GRACE
+    seconds first, so that an error that every rank meets is said once, by rank 0, whose
+    abort ends the others before they say it."""
+    if launched_size() == 1 or world().root:
+        return ""
+    time.sleep(ABORT_GRACE)
+    return f" (rank {world().rank})"
 
 
 # --- one training step's all-reduce -------------------------------------------------------

@@ -81,7 +81,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     saved = Checkpoints(output, vocab, config, run, log, world)
     reporter = Reporter(log, progress, data.count)
     stop = None
-    with (training(threads, run.model.config.softmax) as lanes, _Signals() as signals,
+    with (training(threads, run.model.config.softmax) as lanes, _Signals(world.size > 1) as signals,
           np.errstate(over="ignore", invalid="ignore")):                     # divergence is handled
         while run.progress.epoch < config.epochs and stop is None:
             stop = _train_epoch(run, data, config, lanes, saved, reporter, signals, world)
@@ -459,11 +459,15 @@ class TrainingInterrupted(Exception):
 
 class _Signals:
     """First SIGINT/SIGTERM sets a flag (training stops at the chunk border and saves);
-    a second one exits at once — the atomic checkpoint write keeps files intact."""
+    a second one exits at once — the atomic checkpoint write keeps files intact. A rank of
+    an MPI job (``job``) takes no second one: a Ctrl-C at the terminal reaches it twice
+    (from the terminal and forwarded by mpiexec), and a second Ctrl-C makes mpiexec end
+    the job itself."""
 
-    def __init__(self):
+    def __init__(self, job: bool = False):
         self.received: int | None = None
         self.previous = {}
+        self.job = job
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -476,6 +480,8 @@ class _Signals:
     def handle(self, signum, frame):
         if self.received is None:
             self.received = signum
+        elif self.job:
+            return
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
         else:
@@ -514,7 +520,7 @@ def _rank_state(world: dist.World, run: Run, config: TrainConfig, log: Callable[
     if config.batch_size < world.size:
         raise RnngenError(f"--batch-size {config.batch_size} gives fewer streams than the job's {world.size} ranks")
     if world.bcast(run.progress.data) != run.progress.data:
-        raise RnngenError(f"rank {world.rank} read other training data than rank 0 (the ranks must see the same "
+        raise RnngenError("this rank read other training data than rank 0 (the ranks must see the same "
                           "corpus and vocabulary options)")
     log(f"rnngen: {world.size} ranks, {config.batch_size} streams each step, "
         f"{config.batch_size // world.size}-{-(-config.batch_size // world.size)} per rank")
