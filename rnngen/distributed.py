@@ -145,7 +145,11 @@ def run_rank(main, argv=None) -> None:
     after one line on stderr, so that no rank waits forever for one that has given up. A
     rank killed outright is the launcher's to notice: it then ends the others. A clean exit,
     or one after a signal (which every rank takes at the same step), ends this rank alone."""
-    w = world()
+    try:
+        w = world()
+    except RnngenError as exc:                  # no mpi4py: no job to end
+        print(f"rnngen: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
     try:
         main(argv)
     except SystemExit as exc:

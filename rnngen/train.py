@@ -81,7 +81,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     saved = Checkpoints(output, vocab, config, run, log, world)
     reporter = Reporter(log, progress, data.count)
     stop = None
-    with (training(threads, run.model.config.softmax) as lanes, _Signals(world.size > 1) as signals,
+    with (training(threads, run.model.config.softmax) as lanes, _Signals() as signals,
           np.errstate(over="ignore", invalid="ignore")):                     # divergence is handled
         while run.progress.epoch < config.epochs and stop is None:
             stop = _train_epoch(run, data, config, lanes, saved, reporter, signals, world)
@@ -459,15 +459,11 @@ class TrainingInterrupted(Exception):
 
 class _Signals:
     """First SIGINT/SIGTERM sets a flag (training stops at the chunk border and saves);
-    a second one exits at once — the atomic checkpoint write keeps files intact. A rank of
-    an MPI job (``job``) takes no second one: a Ctrl-C at the terminal reaches it twice
-    (from the terminal and forwarded by mpiexec), and a second Ctrl-C makes mpiexec end
-    the job itself."""
+    a second one exits at once — the atomic checkpoint write keeps files intact."""
 
-    def __init__(self, job: bool = False):
+    def __init__(self):
         self.received: int | None = None
         self.previous = {}
-        self.job = job
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -480,8 +476,6 @@ class _Signals:
     def handle(self, signum, frame):
         if self.received is None:
             self.received = signum
-        elif self.job:
-            return
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
         else:
