@@ -351,12 +351,21 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
       cat lines.txt | rnngen score - | sort -n | head
       rnngen score --format jsonl --per-token "the dog barks ."
       rnngen score --stream valid.txt          # perplexity of a whole file
+      mpiexec -n 4 rnngen score --stream big.txt   # the file split over 4 MPI ranks
+
+    Under an MPI launcher, --stream splits the file at line boundaries over the ranks; each
+    piece after the first starts from the state that the text just before it leaves (a
+    warm-up over 1,000 tokens), so the total differs from one process's only by that reset.
+    Other forms of score run on rank 0 alone.
     """
     from .score import score_lines
     from .textio import decode_arg
 
+    job = distributed.world()
+    if not job.root and not stream_path:
+        return
     sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
-    ckpt = _load_for_use(model_path, threads, "score")
+    ckpt = _load_for_use(model_path, threads or (job.threads() if job.size > 1 else 0), "score")
     if stream_path:
         batches = [[_stream_score(ckpt, stream_path, encoding_errors)]]
     elif sentences and sentences != ("-",):
@@ -365,11 +374,11 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
         batches = (score_lines(ckpt.model, ckpt.vocab, lines, per_token)
                    for lines in _stdin_line_batches(encoding_errors))
     logprob, tokens = 0.0, 0
-    for results in batches:
+    for results in batches if job.root else ():
         _emit(results, fmt, per_token)
         logprob += sum(r.logprob for r in results)
         tokens += sum(r.tokens for r in results)
-    if not quiet and tokens:
+    if not quiet and tokens and job.root:
         import math
 
         click.echo(f"rnngen: {tokens:,} tokens, perplexity {math.exp(-logprob / tokens):.3f}", err=True)
@@ -383,7 +392,9 @@ def _stream_score(ckpt, path: str, encoding_errors: str):
 
     with TextFile(path, encoding_errors) as text_file:
         ids = encode_files([text_file], ckpt.vocab)
-    logprob, count = stream_logprob(ckpt.model, ids)
+    job = distributed.world()
+    logprob, count = stream_logprob(ckpt.model, ids) if job.size == 1 else distributed.stream_logprob_part(
+        job, ckpt.model, ids)
     return SentenceScore(path, logprob, count, int((ids == ckpt.vocab.unk).sum()))
 
 

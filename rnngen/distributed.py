@@ -264,3 +264,51 @@ def launch_workers(workers: int, argv: list[str]) -> None:
     sys.stderr.flush()
     os.execv(launcher, [launcher, "-n", str(workers), sys.executable, "-m", "rnngen",
                         *without_option(argv, "--workers")])
+
+
+# --- scoring a stream in pieces ------------------------------------------------------------
+
+# Tokens before a piece that a rank runs the model over, unscored, so that the piece starts
+# from a state that has read the text just before it rather than from zeros.
+WARMUP = 1000
+
+
+def piece_bounds(ids, size: int, eos: int = 0) -> list[int]:
+    """Where ``size`` near-equal pieces of an id stream start (and the last ends): each after
+    an end-of-line token, so that every piece begins at a line, as the stream itself does."""
+    import numpy as np
+
+    bounds = [0]
+    for k in range(1, size):
+        at = max(len(ids) * k // size, bounds[-1])
+        ends = np.flatnonzero(np.asarray(ids[at - 1:]) == eos) if at > 0 else np.array([-1])
+        bounds.append(min(at + int(ends[0]) if ends.size else len(ids), len(ids)))
+    return bounds + [len(ids)]
+
+
+def stream_logprob_part(w: World, model, ids, warmup: int = WARMUP) -> tuple[float, int]:
+    """Total log-probability and token count of an id stream, as :func:`rnngen.score.stream_logprob`
+    gives them, with the stream split over the ranks at line boundaries: each rank scores its
+    piece, the pieces after the first from the state that ``warmup`` tokens before them
+    leave. The sum differs from one process's only by that state reset."""
+    import numpy as np
+
+    from .score import chunked_logprobs
+
+    bounds = piece_bounds(ids, w.size)
+    start, stop = bounds[w.rank], bounds[w.rank + 1]
+    state = None
+    if start > 0 and warmup > 0:
+        before = np.asarray(ids[max(0, start - warmup):start], dtype=np.int32)
+        _, state = chunked_logprobs(model, _inputs(before), before[:, None])
+    piece = np.asarray(ids[start:stop], dtype=np.int32)
+    logprob = float(chunked_logprobs(model, _inputs(piece), piece[:, None], state)[0].sum()) if piece.size else 0.0
+    total = w.allreduce(np.array([logprob, piece.size], dtype=np.float64))
+    return float(total[0]), int(total[1])
+
+
+def _inputs(ids):
+    """The inputs that predict ``ids``: <eos> (id 0), then every id but the last."""
+    import numpy as np
+
+    return np.concatenate(([0], ids[:-1])).astype(np.int32)[:, None]

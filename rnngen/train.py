@@ -164,14 +164,14 @@ def train_step(model: Model, optim: Optimizer, x: np.ndarray, y: np.ndarray, sta
     and ``state`` this rank's streams' (:meth:`World.part`): the rank computes the gradients
     of its streams, one all-reduce adds them up with ``controls``, and every rank then takes
     the same norm and makes the same update (:func:`rnngen.distributed.reduce_step`)."""
-    part = world.part(x.shape[1])
     if world.size > 1:
-        x_rank, y_rank = np.ascontiguousarray(x[:, part]), np.ascontiguousarray(y[:, part])
-        masks = None if masks is None else [np.ascontiguousarray(m[:, part]) for m in masks]
+        part = world.part(x.shape[1])
+        nll, grads, new_state = model.loss_and_grads(
+            np.ascontiguousarray(x[:, part]), np.ascontiguousarray(y[:, part]), state,
+            None if masks is None else [np.ascontiguousarray(m[:, part]) for m in masks], lanes, batch=x.shape[1])
+        nll, grads, controls = dist.reduce_step(world, nll, grads, x, controls)
     else:
-        x_rank, y_rank = x, y
-    nll, grads, new_state = model.loss_and_grads(x_rank, y_rank, state, masks, lanes, batch=x.shape[1])
-    nll, grads, controls = dist.reduce_step(world, nll, grads, x, controls)
+        nll, grads, new_state = model.loss_and_grads(x, y, state, masks, lanes)
     norm = global_norm(grads, lanes)
     finite = math.isfinite(norm) and _ppl(nll, x.size) < math.inf
     if finite:
