@@ -333,10 +333,12 @@ def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed, th
 @click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True)
 @click.option("--per-token", is_flag=True, help="Add each token's log-probability.")
 @click.option("--stream", "stream_path", help="Perplexity of a whole file as one stream (standard LM evaluation).")
+@click.option("--lines", "lines_path", help="Score each line of this file on its own (as score - < FILE); split over "
+                                            "the ranks under MPI.")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @threads_option
-def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, quiet, threads):
+def score(sentences, model_path, fmt, per_token, stream_path, lines_path, encoding_errors, quiet, threads):
     """Score sentences: log-probability, perplexity, tokens, OOV count, text (tab-separated).
 
     With no SENTENCE, or -, reads one sentence per line from stdin and writes each result
@@ -352,22 +354,27 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
       rnngen score --format jsonl --per-token "the dog barks ."
       rnngen score --stream valid.txt          # perplexity of a whole file
       mpiexec -n 4 rnngen score --stream big.txt   # the file split over 4 MPI ranks
+      mpiexec -n 4 rnngen score --lines lines.txt  # each line on its own, over 4 ranks
 
     Under an MPI launcher, --stream splits the file at line boundaries over the ranks; each
     piece after the first starts from the state that the text just before it leaves (a
     warm-up over 1,000 tokens), so the total differs from one process's only by that reset.
-    Other forms of score run on rank 0 alone.
+    --lines splits the file's lines over the ranks, exactly. Other forms of score run on
+    rank 0 alone.
     """
     from .score import score_lines
     from .textio import decode_arg
 
     job = distributed.world()
-    if not job.root and not stream_path:
+    if not job.root and not stream_path and not lines_path:
         return
     sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
     ckpt = _load_for_use(model_path, threads or (job.threads() if job.size > 1 else 0), "score")
     if stream_path:
         batches = [[_stream_score(ckpt, stream_path, encoding_errors)]]
+    elif lines_path:
+        batches = [distributed.score_lines_part(job, ckpt.model, ckpt.vocab, _file_lines(lines_path, encoding_errors),
+                                                per_token)]
     elif sentences and sentences != ("-",):
         batches = [_argument_scores(ckpt, sentences, per_token)]
     else:                                               # stdin, each batch scored as soon as it is read
@@ -396,6 +403,20 @@ def _stream_score(ckpt, path: str, encoding_errors: str):
     logprob, count = stream_logprob(ckpt.model, ids) if job.size == 1 else distributed.stream_logprob_part(
         job, ckpt.model, ids)
     return SentenceScore(path, logprob, count, int((ids == ckpt.vocab.unk).sum()))
+
+
+def _file_lines(path: str, encoding_errors: str) -> list[str]:
+    """The lines of a text file (UTF-8; CRLF and a byte-order mark are fine)."""
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8", errors=encoding_errors).removeprefix("\ufeff")
+    except OSError as exc:
+        raise RnngenError(f"{path}: {exc.strerror.lower()}") from None
+    except UnicodeDecodeError as exc:
+        raise RnngenError(f"{path}: not valid UTF-8 at byte offset {exc.start} "
+                          "(pass --encoding-errors replace to go on)") from None
+    lines = text.split("\n")
+    return [line.removesuffix("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]
 
 
 def _argument_scores(ckpt, sentences: tuple[str, ...], per_token: bool):

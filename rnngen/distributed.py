@@ -78,6 +78,10 @@ class World:
         """The ranks' arrays joined along ``axis`` in rank order, on rank 0 (None elsewhere)."""
         return array
 
+    def gather_lists(self, items: list) -> list:
+        """The ranks' lists joined in rank order, on rank 0 (empty elsewhere)."""
+        return items
+
     def agree(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is True on every rank."""
         return flag
@@ -122,6 +126,10 @@ class MPIWorld(World):
 
         parts = self.comm.gather(np.ascontiguousarray(array), root=0)
         return np.concatenate(parts, axis=axis) if self.root else None
+
+    def gather_lists(self, items: list) -> list:
+        parts = self.comm.gather(items, root=0)
+        return [item for part in parts for item in part] if self.root else []
 
     def agree(self, flag: bool) -> bool:
         return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MIN))
@@ -312,3 +320,12 @@ def _inputs(ids):
     import numpy as np
 
     return np.concatenate(([0], ids[:-1])).astype(np.int32)[:, None]
+
+
+def score_lines_part(w: World, model, vocab, lines: list[str], per_token: bool = False) -> list:
+    """:func:`rnngen.score.score_lines` with the lines split over the ranks in contiguous
+    shares: each line is scored on its own, so the results are one process's (to the float32
+    sums of a batch). All of them, in input order, on rank 0; none elsewhere."""
+    from .score import score_lines
+
+    return w.gather_lists(score_lines(model, vocab, lines[w.part(len(lines))], per_token))

@@ -135,6 +135,20 @@ def test_a_job_trains_what_one_process_does(corpus, one_process, ranks):
 
 
 @needs_mpi
+@pytest.mark.parametrize("model", [["--cell", "lstm", "--layers", "2", "--tie-weights", "--softmax", "class"],
+                                   ["--cell", "gru", "--optimizer", "adagrad", "--threads", "2"]])
+def test_other_models_and_optimisers_train_alike_in_a_job(corpus, tmp_path, model):
+    """Tied weights (a dense embedding gradient), the class softmax, Adagrad's row-sparse
+    update, and two lanes in each rank."""
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    r = run(rnngen_cmd(corpus, one, *model))
+    assert r.returncode == 0, r.stderr
+    r = run(rnngen_cmd(corpus, two, *model), 2)
+    assert r.returncode == 0, r.stderr
+    assert_same_training(weights(one), weights(two))
+
+
+@needs_mpi
 def test_workers_starts_the_job_and_a_resume_may_change_the_rank_count(corpus, one_process):
     """20 steps on 2 ranks (--workers 2), the rest on 3: the run one process makes."""
     out = corpus / "resumed.npz"
@@ -271,3 +285,26 @@ def test_ctrl_c_saves_on_every_rank_and_prints_the_resume_command(corpus, tmp_pa
     resume = [line for line in err.splitlines() if "Resume with:" in line]
     assert len(resume) == 1 and resume[0].split("Resume with: ")[1].startswith("mpiexec -n 2 rnngen train "), err
     assert_resumable(out, corpus)
+
+
+def score_rows(out: str) -> list[list[str]]:
+    return [line.split("\t") for line in out.splitlines()]
+
+
+@needs_mpi
+def test_scoring_splits_lines_and_streams_over_the_ranks(corpus, one_process):
+    """--lines: the same rows in the same order (to float32 sums); --stream: the same total
+    but for the state reset that the warm-up makes small."""
+    model = ["-m", str(corpus / "one.npz")]
+    score = [sys.executable, "-m", "rnngen", "score", *model]
+    lines = run([*score, "--lines", str(corpus / "valid.txt")])
+    split = run([*score, "--lines", str(corpus / "valid.txt")], 3)
+    assert lines.returncode == split.returncode == 0, split.stderr
+    assert len(score_rows(split.stdout)) == 60 and split.stderr == lines.stderr
+    for a, b in zip(score_rows(lines.stdout), score_rows(split.stdout)):
+        assert b[2:] == a[2:] and float(b[0]) == pytest.approx(float(a[0]), abs=1e-3)
+    stream = run([*score, "--stream", str(corpus / "valid.txt")])
+    split = run([*score, "--stream", str(corpus / "valid.txt")], 2)
+    assert stream.returncode == split.returncode == 0, split.stderr
+    (a,), (b,) = score_rows(stream.stdout), score_rows(split.stdout)
+    assert b[2:] == a[2:] and float(b[0]) == pytest.approx(float(a[0]), abs=1e-2)
