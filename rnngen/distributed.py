@@ -284,14 +284,25 @@ WARMUP = 1000
 def piece_bounds(ids, size: int, eos: int = 0) -> list[int]:
     """Where ``size`` near-equal pieces of an id stream start (and the last ends): each after
     an end-of-line token, so that every piece begins at a line, as the stream itself does."""
-    import numpy as np
-
     bounds = [0]
     for k in range(1, size):
-        at = max(len(ids) * k // size, bounds[-1])
-        ends = np.flatnonzero(np.asarray(ids[at - 1:]) == eos) if at > 0 else np.array([-1])
-        bounds.append(min(at + int(ends[0]) if ends.size else len(ids), len(ids)))
+        bounds.append(_line_start(ids, max(len(ids) * k // size, bounds[-1]), eos))
     return bounds + [len(ids)]
+
+
+def _line_start(ids, at: int, eos: int, window: int = 1 << 16) -> int:
+    """The first position from ``at`` on that starts a line (follows ``eos``), else the
+    stream's end; read a window at a time, since the stream may be memory-mapped."""
+    import numpy as np
+
+    if at == 0:
+        return 0
+    while at < len(ids):
+        ends = np.flatnonzero(np.asarray(ids[at - 1:at - 1 + window]) == eos)
+        if ends.size:
+            return at + int(ends[0])
+        at += window
+    return len(ids)
 
 
 def stream_logprob_part(w: World, model, ids, warmup: int = WARMUP) -> tuple[float, int]:

@@ -87,6 +87,15 @@ def test_ranks_share_the_streams_in_contiguous_slices(n, size):
     assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 40])
+def test_stream_pieces_start_at_lines_and_cover_the_stream(size):
+    ids = np.random.default_rng(size).integers(0, 6, 200)          # id 0 (<eos>) ends a line
+    bounds = distributed.piece_bounds(ids, size)
+    assert len(bounds) == size + 1 and bounds[0] == 0 and bounds[-1] == len(ids)
+    assert bounds == sorted(bounds)
+    assert all(ids[b - 1] == 0 for b in bounds[1:-1] if 0 < b < len(ids))
+
+
 def test_the_launcher_is_recognised_by_its_variables():
     assert distributed.launched_size({}) == 1
     assert distributed.launched_size({"PMI_RANK": "1", "PMI_SIZE": "4"}) == 4
