@@ -69,6 +69,10 @@ bench-startup: $(VENV)/.installed
 bench-memory: $(VENV)/.installed
 	$(PY) bench/memory.py
 
+## bench-mpi: 2 MPI ranks x 1 thread vs 1 process x 2 threads on PTB, and a scaling model (about a minute)
+bench-mpi: $(VENV)/.dev-installed
+	$(PY) bench/mpi.py
+
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check rnngen tests bench corpora
 

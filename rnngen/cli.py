@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from . import distributed
 from .config import ACTIVATIONS, CELL_NAMES, OPTIMIZER_NAMES, SOFTMAX_NAMES, ModelConfig, TrainConfig
 from .errors import RnngenError
 from .plot import X_AXES
@@ -195,8 +196,11 @@ training_options = _options(
               help="What to do with bytes that are not UTF-8.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or epoch lines.")
 @threads_option
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Train data-parallel in N MPI ranks on this machine (mpiexec -n N; needs rnngen[mpi]); "
+                   "--threads is then per rank, by default the cores shared out.")
 @click.pass_context
-def train(ctx, corpus, output, resume_path, quiet, threads, **options):
+def train(ctx, corpus, output, resume_path, quiet, threads, workers, **options):
     """Train a language model on CORPUS (text files, one sentence per line; - for stdin).
 
     \b
@@ -206,12 +210,19 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
       rnngen train ptb.train.txt --valid ptb.valid.txt --optimizer sgd --lr 1 --hidden 200
       rnngen train corpus.txt --resume model.npz --epochs 20   # continue a run
       rnngen train corpus.txt --log-file run.jsonl && rnngen plot run.jsonl
+      rnngen train corpus.txt --workers 2              # 2 MPI ranks on this machine
+      mpiexec -f hostfile -n 8 rnngen train corpus.txt # 8 ranks across machines
 
     Ctrl-C or SIGTERM stops at the end of the current chunk, saves the state to resume
     from and prints the command that resumes; a second Ctrl-C quits at once. The state is
     also saved every --checkpoint-every seconds, always atomically. A NaN or infinite loss
     goes back to the last saved state with half the learning rate (at most 3 times in a row).
+
+    Under an MPI launcher each rank trains its share of every batch's streams; the result
+    is that of one process with the same --batch-size. Rank 0 logs, validates and writes.
     """
+    if workers is not None and distributed.launched_size() == 1:
+        distributed.launch_workers(workers, _ARGV[0])
     from . import blas, jit
     from .checkpoint import check_writable
     from .train import TrainingInterrupted, prepare_data
@@ -219,6 +230,7 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
 
     data = {name: options.pop(name) for name in DATA_OPTIONS}
     model = {name: options.pop(name) for name in MODEL_OPTIONS}
+    quiet = quiet or not distributed.world().root       # one log for the job: rank 0's
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     check_writable(output)                              # before minutes of reading and training
     resume = _resumable(resume_path) if resume_path else None
@@ -289,9 +301,13 @@ def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: 
 
     for sig in (signal.SIGINT, signal.SIGTERM):     # saved: another one could only garble the exit
         signal.signal(sig, signal.SIG_IGN)
+    if not distributed.world().root:                # rank 0 says it for the job
+        sys.exit(128 + exc.signum)
     # Everything the saved state does not pin down goes into the command: the data
     # options (the resumed data must be the same) and this run's limits.
-    cmd = ["rnngen", "train", *corpus]
+    size = distributed.world().size
+    cmd = ["mpiexec", "-n", str(size)] if size > 1 else []       # any number of ranks resumes it
+    cmd += ["rnngen", "train", *corpus]
     if data["valid_path"]:
         cmd += ["--valid", data["valid_path"]]
     if ctx.get_parameter_source("valid_fraction") != click.core.ParameterSource.DEFAULT:
@@ -353,10 +369,12 @@ def sample(model_path, n, temperature, top_k, top_p, prime, max_length, seed, th
 @click.option("--per-token", is_flag=True, help="Add each token's log-probability.")
 @click.option("--stream", "stream_path", type=FILE,
               help="Perplexity of a whole file as one stream (standard LM evaluation).")
+@click.option("--lines", "lines_path", type=FILE,
+              help="Score each line of this file on its own (as score - < FILE); split over the ranks under MPI.")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @threads_option
-def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, quiet, threads):
+def score(sentences, model_path, fmt, per_token, stream_path, lines_path, encoding_errors, quiet, threads):
     """Score sentences: log-probability, perplexity, tokens, OOV count, text (tab-separated).
 
     With no SENTENCE, or -, reads one sentence per line from stdin and writes each result
@@ -371,25 +389,39 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
       cat lines.txt | rnngen score - | sort -n | head
       rnngen score --format jsonl --per-token "the dog barks ."
       rnngen score --stream valid.txt          # perplexity of a whole file
+      mpiexec -n 4 rnngen score --stream big.txt   # the file split over 4 MPI ranks
+      mpiexec -n 4 rnngen score --lines lines.txt  # each line on its own, over 4 ranks
+
+    Under an MPI launcher, --stream splits the file at line boundaries over the ranks; each
+    piece after the first starts from the state that the text just before it leaves (a
+    warm-up over 1,000 tokens), so the total differs from one process's only by that reset.
+    --lines splits the file's lines over the ranks, exactly. Other forms of score run on
+    rank 0 alone.
     """
     from .score import score_lines
     from .textio import decode_arg
 
+    job = distributed.world()
+    if not job.root and not stream_path and not lines_path:
+        return
     sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
-    ckpt = _load_for_use(model_path, threads, "score")
+    ckpt = _load_for_use(model_path, threads or (job.threads() if job.size > 1 else 0), "score")
     if stream_path:
         batches = [[_stream_score(ckpt, stream_path, encoding_errors)]]
+    elif lines_path:
+        batches = [distributed.score_lines_part(job, ckpt.model, ckpt.vocab, _file_lines(lines_path, encoding_errors),
+                                                per_token)]
     elif sentences and sentences != ("-",):
         batches = [_argument_scores(ckpt, sentences, per_token)]
     else:                                               # stdin, each batch scored as soon as it is read
         batches = (score_lines(ckpt.model, ckpt.vocab, lines, per_token)
                    for lines in _stdin_line_batches(encoding_errors))
     logprob, tokens = 0.0, 0
-    for results in batches:
+    for results in batches if job.root else ():
         _emit(results, fmt, per_token)
         logprob += sum(r.logprob for r in results)
         tokens += sum(r.tokens for r in results)
-    if not quiet and tokens:
+    if not quiet and tokens and job.root:
         import math
 
         click.echo(f"rnngen: {tokens:,} tokens, perplexity {math.exp(-logprob / tokens):.3f}", err=True)
@@ -403,8 +435,24 @@ def _stream_score(ckpt, path: str, encoding_errors: str):
 
     with TextFile(path, encoding_errors) as text_file:
         ids = encode_files([text_file], ckpt.vocab)
-    logprob, count = stream_logprob(ckpt.model, ids)
+    job = distributed.world()
+    logprob, count = stream_logprob(ckpt.model, ids) if job.size == 1 else distributed.stream_logprob_part(
+        job, ckpt.model, ids)
     return SentenceScore(path, logprob, count, int((ids == ckpt.vocab.unk).sum()))
+
+
+def _file_lines(path: str, encoding_errors: str) -> list[str]:
+    """The lines of a text file (UTF-8; CRLF and a byte-order mark are fine)."""
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8", errors=encoding_errors).removeprefix("\ufeff")
+    except OSError as exc:
+        raise RnngenError(f"{path}: {exc.strerror.lower()}") from None
+    except UnicodeDecodeError as exc:
+        raise RnngenError(f"{path}: not valid UTF-8 at byte offset {exc.start} "
+                          "(pass --encoding-errors replace to go on)") from None
+    lines = text.split("\n")
+    return [line.removesuffix("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]
 
 
 def _argument_scores(ckpt, sentences: tuple[str, ...], per_token: bool):
@@ -593,9 +641,21 @@ def _is_checkpoint(path: str) -> bool:
         return False                # read_log says what is wrong with the file
 
 
-def main(argv=None) -> None:
-    """Entry point: every expected failure becomes one line on stderr and a non-zero exit."""
+# The command line's arguments, for --workers to start the same command under mpiexec.
+_ARGV: list = [None]
 
+
+def main(argv=None) -> None:
+    """Entry point: every expected failure becomes one line on stderr and a non-zero exit;
+    under an MPI launcher, an error on any rank ends the whole job (distributed.run_rank)."""
+    _ARGV[0] = list(sys.argv[1:] if argv is None else argv)
+    if distributed.launched_size() > 1:
+        distributed.run_rank(_main, argv)
+    else:
+        _main(argv)
+
+
+def _main(argv=None) -> None:
     prog = "rnngen"
     try:
         cli.main(args=argv, prog_name=prog, standalone_mode=False)
@@ -630,4 +690,5 @@ def main(argv=None) -> None:
 
 
 def _error(prefix: str, message: str) -> None:
+    prefix += distributed.before_error()
     click.echo(f"{prefix}: error: {' '.join(message.split())}", err=True)

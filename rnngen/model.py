@@ -120,7 +120,7 @@ class Model:
         T, B = targets.shape
         return self.output.logprobs(self.params, top.reshape(T * B, -1), targets.reshape(-1)).reshape(T, B)
 
-    def loss_and_grads(self, inputs, targets, state, masks=None, lanes: Lanes = SERIAL):
+    def loss_and_grads(self, inputs, targets, state, masks=None, lanes: Lanes = SERIAL, batch: int | None = None):
         """Summed NLL of the chunk, gradients of (summed NLL / batch), and the final state.
         The embedding's gradient is a :class:`rnngen.rowgrad.RowGrad` (only the chunk's tokens'
         rows) unless the weights are tied; ``np.asarray`` makes any gradient dense.
@@ -128,17 +128,21 @@ class Model:
         ``inputs``/``targets`` are token ids (T, B); ``state`` comes from the previous chunk
         and is treated as a constant (truncated BPTT). ``masks`` are dropout masks from
         :meth:`dropout_masks`, or None for no dropout. ``lanes`` (:class:`rnngen.lanes.Lanes`)
-        spreads the step over threads; by default it runs on the calling thread.
+        spreads the step over threads; by default it runs on the calling thread. ``batch`` is
+        the batch size the loss is divided by (default: the chunk's B; a rank of a
+        data-parallel job passes the global batch's, see :mod:`rnngen.distributed`).
         """
         T, B = inputs.shape
+        scale = 1.0 / (batch or B)
         N = T * B
         p, cfg = self.params, self.config
         with lanes:
             if lanes.count > 1 and cfg.softmax == "full" and T > 1:
-                caches, new_state, (logp, dtop, grads) = self._forward_in_halves(inputs, targets, state, masks, lanes)
+                caches, new_state, (logp, dtop, grads) = self._forward_in_halves(inputs, targets, state, masks, lanes,
+                                                                                   scale)
             else:
                 top, caches, new_state = self.hidden_forward(inputs, state, masks)
-                logp, dtop, grads = self.output.loss_grad(p, top.reshape(N, -1), targets.reshape(-1), 1.0 / B, lanes)
+                logp, dtop, grads = self.output.loss_grad(p, top.reshape(N, -1), targets.reshape(-1), scale, lanes)
             dx = dtop.reshape(T, B, -1)
             for layer in range(cfg.layers - 1, -1, -1):
                 if masks is not None:
@@ -156,7 +160,7 @@ class Model:
             scatter_add_rows(grads["embed"], inputs.reshape(-1), dx)
         return -float(logp.sum()), {k: grads[k] for k in p}, new_state
 
-    def _forward_in_halves(self, inputs, targets, state, masks, lanes: Lanes):
+    def _forward_in_halves(self, inputs, targets, state, masks, lanes: Lanes, scale: float):
         """The forward pass and the output layer of a training step on two lanes, the chunk's
         time steps in two halves: the worker runs layer l+1 on the first half while this
         thread runs layer l on the second, then the output layer of the first half while this
@@ -173,7 +177,7 @@ class Model:
         if masks is not None:
             xs[0] *= masks[0]
         xs += [out["h"] if masks is None else np.empty_like(out["h"]) for out in outs]
-        rows, result = self.output.loss_grad_rows(self.params, xs[L].reshape(T * B, -1), targets.reshape(-1), 1.0 / B)
+        rows, result = self.output.loss_grad_rows(self.params, xs[L].reshape(T * B, -1), targets.reshape(-1), scale)
         ahead = {}                                                 # layer -> its second half's x U + b
 
         def project_second_half(k):

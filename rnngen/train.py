@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import blas, checkpoint
+from . import distributed as dist
 from .checkpoint import Checkpoint
 from .config import TrainConfig, known_fields
 from .corpus import count_corpus, encode_files
@@ -55,7 +56,7 @@ def _stderr(msg: str) -> None:
 def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
           model_config: ModelConfig | None, config: TrainConfig, output: str,
           resume: Checkpoint | None = None, log: Callable[[str], None] = _stderr,
-          progress: bool = False, threads: int | None = None) -> Checkpoint:
+          progress: bool = False, threads: int | None = None, world: dist.World | None = None) -> Checkpoint:
     """Train and write ``output``; returns the final checkpoint (best model + resume state).
 
     With ``resume`` the model, vocabulary, optimiser state, position in the data, learning
@@ -65,8 +66,11 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     times in a row. ``threads`` is how many threads a step uses (:func:`rnngen.lanes.training_lanes`;
     None: chosen from the model size). ``config`` is left as it is, and so are the BLAS
     thread counts once this returns. With ``config.log_file`` the run's metrics go to that
-    log as it trains (:mod:`rnngen.runlog`).
+    log as it trains (:mod:`rnngen.runlog`). ``world`` (default :func:`rnngen.distributed.world`)
+    is the job this process is a rank of: each rank trains its share of the batch's streams
+    and rank 0 alone validates and writes ``output`` and the metrics log.
     """
+    world = world or dist.world()
     train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
     config = _fit_batch_size(config, len(train_ids), log)
     data = Chunks(*batchify(train_ids, config.batch_size), config.bptt)
@@ -74,28 +78,29 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
         run, vocab = _resumed_run(resume, config, train_ids, data.count), resume.vocab
     else:
         run = _new_run(model_config, config, train_ids)
-    threads = threads or blas.auto_threads(run.model.config.hidden, run.model.config.vocab_size)
-    saved = Checkpoints(output, vocab, config, run, log)
-    reporter = Reporter(log, progress, data.count,
-                        RunLog(config.log_file, config.log_every, data.count, run.progress, resume is not None))
+    run.state = _rank_state(world, run, config, log)
+    threads = threads or min(world.threads(), blas.auto_threads(run.model.config.hidden, run.model.config.vocab_size))
+    saved = Checkpoints(output, vocab, config, run, log, world)
+    reporter = Reporter(log, progress, data.count, RunLog(config.log_file if world.root else "", config.log_every,
+                                                          data.count, run.progress, resume is not None))
     saved.after_save, saved.rollback.after_restore = reporter.saved, reporter.rolled_back
     stop = None
     with (training(threads, run.model.config.softmax) as lanes, _Signals() as signals, reporter.metrics,
           np.errstate(over="ignore", invalid="ignore")):                     # divergence is handled
         while run.progress.epoch < config.epochs and stop is None:
-            stop = _train_epoch(run, data, config, lanes, saved, reporter, signals)
+            stop = _train_epoch(run, data, config, lanes, saved, reporter, signals, world)
             if not saved.ensure_finite(run):
                 stop = None
                 continue
-            entry, is_best = _close_epoch(run, config, validate(run.model, valid_ids, threads),
+            entry, is_best = _close_epoch(run, config, world.on_root(validate, run.model, valid_ids, threads),
                                           reporter.tokens_per_s, data.count)
             reporter.epoch(entry, is_best, run.progress)
             if not entry["partial"] and config.patience and run.progress.bad_epochs >= config.patience:
                 stop = f"no improvement for {config.patience} epochs"
             saved.save(run)
-            if signals.received is not None and run.progress.epoch < config.epochs and stop is None:
+            if world.any(signals.received is not None) and run.progress.epoch < config.epochs and stop is None:
                 reporter.stop(run.progress)
-                raise TrainingInterrupted(signals.received, run.progress.where())
+                raise TrainingInterrupted(signals.received or signal.SIGINT, run.progress.where())
         reporter.stop(run.progress)
     if stop:
         log(f"rnngen: stopped: {stop}")
@@ -104,36 +109,39 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
 
 
 def _train_epoch(run: Run, data: Chunks, config: TrainConfig, lanes: Lanes, saved: Checkpoints,
-                 reporter: Reporter, signals: _Signals) -> str | None:
+                 reporter: Reporter, signals: _Signals, world: dist.World = dist.SINGLE) -> str | None:
     """Train chunk after chunk to the end of the epoch; returns why training stops before it,
     or None. A step whose loss is not finite rolls the run back to the last save (so does a
-    periodic save whose weights are not); a signal saves the run and raises TrainingInterrupted."""
+    periodic save whose weights are not); a signal saves the run and raises TrainingInterrupted.
+    In a job of several ranks, these decisions are rank 0's (see :class:`_Shared`)."""
     if run.progress.chunk == 0:
         run.state[...] = 0
     reporter.start_epoch(run.progress)
+    shared = _Shared(world)
     stop = None
     while run.progress.chunk < data.count and stop is None:
         p = run.progress
         t0 = time.perf_counter()
         x, y = data.chunk(p.chunk)
         masks = run.model.dropout_masks(run.rng, *x.shape) if run.model.config.dropout > 0 else None
-        step = train_step(run.model, run.optim, x, y, run.state, p.lr, config.clip, masks, lanes)
+        step = train_step(run.model, run.optim, x, y, run.state, p.lr, config.clip, masks, lanes, world,
+                          shared.controls(signals, saved))
         if not step.finite:
             saved.rollback.restore(run, f"loss {step.nll / x.size:.4g} per token, "
                                         f"gradient norm {step.norm:.4g} at step {p.step + 1}")
             continue
         run.state = step.state
         seconds = time.perf_counter() - t0
-        p.advance(step.nll, x.size, seconds)
+        p.advance(step.nll, x.size, shared.seconds(step, seconds))
         reporter.step(p, step, x.size, seconds)
-        if signals.received is not None:
+        if shared.interrupted(step, signals):
             reporter.close()
             saved.ensure_finite(run)
             reporter.stop(run.progress)
             saved.save(run)
-            raise TrainingInterrupted(signals.received, run.progress.where())
+            raise TrainingInterrupted(signals.received or signal.SIGINT, run.progress.where())
         stop = _limit_reached(config, p)
-        if stop is None and saved.due() and saved.ensure_finite(run):
+        if stop is None and shared.save_due(step, saved) and saved.ensure_finite(run):
             saved.save(run)
     reporter.close()
     return stop
@@ -146,22 +154,36 @@ class Step(NamedTuple):
     norm: float             # global norm of the gradients, before clipping
     state: np.ndarray       # the recurrent state after the chunk: the next chunk starts from it
     finite: bool            # False: the loss or a gradient is NaN or infinite; no update was made
+    controls: np.ndarray | None = None      # the control values added up with the gradients (_Shared)
 
 
 def train_step(model: Model, optim: Optimizer, x: np.ndarray, y: np.ndarray, state: np.ndarray, lr: float,
-               clip: float, masks: list[np.ndarray] | None = None, lanes: Lanes = SERIAL) -> Step:
+               clip: float, masks: list[np.ndarray] | None = None, lanes: Lanes = SERIAL,
+               world: dist.World = dist.SINGLE, controls: np.ndarray | None = None) -> Step:
     """One step of truncated BPTT on a chunk: inputs ``x`` and targets ``y`` (token ids,
     (T, B)) from the recurrent ``state``; the gradients, their global norm, the clipping
     factor that brings it down to ``clip`` (0: none), and the optimiser's update at learning
     rate ``lr``. A loss or gradient that is not finite would spoil the weights: then the
     update is not made and the result says so (``finite`` False). ``masks`` are dropout
-    masks (:meth:`Model.dropout_masks`) or None; ``lanes`` spreads the work over threads."""
-    nll, grads, new_state = model.loss_and_grads(x, y, state, masks, lanes)
+    masks (:meth:`Model.dropout_masks`) or None; ``lanes`` spreads the work over threads.
+
+    In a job of several ranks (``world``), ``x``, ``y`` and ``masks`` are the global batch's
+    and ``state`` this rank's streams' (:meth:`World.part`): the rank computes the gradients
+    of its streams, one all-reduce adds them up with ``controls``, and every rank then takes
+    the same norm and makes the same update (:func:`rnngen.distributed.reduce_step`)."""
+    if world.size > 1:
+        part = world.part(x.shape[1])
+        nll, grads, new_state = model.loss_and_grads(
+            np.ascontiguousarray(x[:, part]), np.ascontiguousarray(y[:, part]), state,
+            None if masks is None else [np.ascontiguousarray(m[:, part]) for m in masks], lanes, batch=x.shape[1])
+        nll, grads, controls = dist.reduce_step(world, nll, grads, x, controls)
+    else:
+        nll, grads, new_state = model.loss_and_grads(x, y, state, masks, lanes)
     norm = global_norm(grads, lanes)
     finite = math.isfinite(norm) and _ppl(nll, x.size) < math.inf
     if finite:
         optim.step(model.params, grads, lr, clip_scale(norm, clip), lanes)
-    return Step(nll, norm, new_state, finite)
+    return Step(nll, norm, new_state, finite, controls)
 
 
 def _limit_reached(config: TrainConfig, p: Progress) -> str | None:
@@ -266,12 +288,13 @@ class Run:
         groups = (self.model.params, self.optim.state, {"state": self.state})
         return all(np.isfinite(v).all() for g in groups for v in g.values())
 
-    def checkpoint(self, vocab: Vocab, config: TrainConfig) -> Checkpoint:
-        """The best model, and what --resume continues from."""
+    def checkpoint(self, vocab: Vocab, config: TrainConfig, state: np.ndarray | None = None) -> Checkpoint:
+        """The best model, and what --resume continues from; ``state``: the whole batch's
+        recurrent state, where ``self.state`` holds only this rank's streams."""
         self.progress.rng = self.rng.bit_generator.state
         arrays = {f"param.{k}": v for k, v in self.model.params.items()}
         arrays.update({f"optim.{k}": v for k, v in self.optim.state.items()})
-        arrays["state"] = self.state
+        arrays["state"] = self.state if state is None else state
         best = Model(self.model.config, self.best) if self.best is not None else self.model
         return Checkpoint(best, vocab, {**asdict(config), "progress": asdict(self.progress)}, self.history, arrays)
 
@@ -321,11 +344,12 @@ class Checkpoints:
     seconds, atomically (:func:`rnngen.checkpoint.save`); each save is then the state that
     ``rollback`` goes back to. Checks first that the folder takes a file of that size."""
 
-    def __init__(self, output: str, vocab: Vocab, config: TrainConfig, run: Run, log: Callable[[str], None]):
+    def __init__(self, output: str, vocab: Vocab, config: TrainConfig, run: Run, log: Callable[[str], None],
+                 world: dist.World = dist.SINGLE):
         params = sum(v.nbytes for v in run.model.params.values())
         checkpoint.check_writable(output, 2 * params + sum(v.nbytes for v in run.optim.state.values())
                                   + run.state.nbytes + sum(len(t) + 4 for t in vocab.tokens) + (1 << 16))
-        self.output, self.vocab, self.config = output, vocab, config
+        self.output, self.vocab, self.config, self.world = output, vocab, config, world
         self.rollback = Rollback(run, log)
         self.last_save = time.perf_counter()
         self.after_save: Callable[[Run], None] = lambda run: None        # told after each save
@@ -336,8 +360,9 @@ class Checkpoints:
         return bool(every) and time.perf_counter() - self.last_save >= every
 
     def ensure_finite(self, run: Run) -> bool:
-        """True if the run's weights and states are finite; else roll back and say False."""
-        if run.finite():
+        """True if the run's weights and states are finite (on every rank); else roll back
+        and say False."""
+        if self.world.agree(run.finite()):
             return True
         self.rollback.restore(run, f"weights not finite after step {run.progress.step}")
         return False
@@ -349,8 +374,13 @@ class Checkpoints:
         self.after_save(run)
 
     def write(self, run: Run) -> Checkpoint:
-        ckpt = run.checkpoint(self.vocab, self.config)
-        checkpoint.save(self.output, ckpt)
+        """Save the run (rank 0 alone, with the whole batch's state) and return it."""
+        if self.world.size == 1:
+            ckpt = run.checkpoint(self.vocab, self.config)
+        else:
+            ckpt = run.checkpoint(self.vocab, self.config, self.world.gather(run.state, axis=2))
+        if self.world.root:
+            checkpoint.save(self.output, ckpt)
         return ckpt
 
 
@@ -416,6 +446,38 @@ class Reporter:
         self.metrics.stop(p, self.tokens_per_s if self.tokens else None)
 
 
+class _Shared:
+    """What the ranks of a job decide alike after each step, from the control values that
+    ride along with its all-reduce (:func:`rnngen.distributed.reduce_step`): whether a rank
+    got a signal, whether rank 0 finds a periodic save due, and the seconds the step counts
+    (rank 0's time between its all-reduces, so that --max-time stops every rank at the same
+    step). A single process decides on its own figures, as they stand after the step."""
+
+    def __init__(self, world: dist.World):
+        self.world = world
+        self.lap = time.perf_counter()
+
+    def controls(self, signals: _Signals, saved: Checkpoints) -> np.ndarray | None:
+        if self.world.size == 1:
+            return None
+        controls = np.zeros(dist.CONTROLS)
+        controls[dist.SIGNAL] = signals.received is not None
+        if self.world.root:
+            now = time.perf_counter()
+            controls[dist.SAVE_DUE] = saved.due()
+            controls[dist.SECONDS], self.lap = now - self.lap, now
+        return controls
+
+    def seconds(self, step: Step, own: float) -> float:
+        return own if step.controls is None else float(step.controls[dist.SECONDS])
+
+    def interrupted(self, step: Step, signals: _Signals) -> bool:
+        return signals.received is not None if step.controls is None else step.controls[dist.SIGNAL] > 0
+
+    def save_due(self, step: Step, saved: Checkpoints) -> bool:
+        return saved.due() if step.controls is None else step.controls[dist.SAVE_DUE] > 0
+
+
 class TrainingInterrupted(Exception):
     """Raised after a SIGINT/SIGTERM once the resumable state has been saved."""
 
@@ -471,6 +533,21 @@ def _new_run(model_config: ModelConfig, config: TrainConfig, train_ids: np.ndarr
     model = Model.init(model_config, seed=config.seed)
     return Run(model, make_optimizer(config.optimizer, model.params), model.zero_state(config.batch_size),
                np.random.default_rng(config.seed + 1), Progress(lr=config.lr, data=fingerprint(train_ids)))
+
+
+def _rank_state(world: dist.World, run: Run, config: TrainConfig, log: Callable[[str], None]) -> np.ndarray:
+    """This rank's streams' share of the run's recurrent state (all of it in one process),
+    once it is clear that every rank trains on the same data."""
+    if world.size == 1:
+        return run.state
+    if config.batch_size < world.size:
+        raise RnngenError(f"--batch-size {config.batch_size} gives fewer streams than the job's {world.size} ranks")
+    if world.bcast(run.progress.data) != run.progress.data:
+        raise RnngenError("this rank read other training data than rank 0 (the ranks must see the same "
+                          "corpus and vocabulary options)")
+    log(f"rnngen: {world.size} ranks, {config.batch_size} streams each step, "
+        f"{config.batch_size // world.size}-{-(-config.batch_size // world.size)} per rank")
+    return np.ascontiguousarray(run.state[:, :, world.part(config.batch_size)])
 
 
 def _resumed_run(ckpt: Checkpoint, config: TrainConfig, train_ids: np.ndarray, n_chunks: int) -> Run:
