@@ -178,13 +178,16 @@ training_options = _options(
 @data_options
 @model_options
 @training_options
+@click.option("--bidirectional", is_flag=True,
+              help="Train a cloze model for `rnngen fill`: p(word | the rest of its line), from a forward and a "
+                   "backward stack over whole lines (lines longer than --bptt in half-overlapping windows).")
 @click.option("--resume", "resume_path", help="Continue the run saved in this checkpoint.")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
               help="What to do with bytes that are not UTF-8.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or epoch lines.")
 @threads_option
 @click.pass_context
-def train(ctx, corpus, output, resume_path, quiet, threads, **options):
+def train(ctx, corpus, output, resume_path, quiet, threads, bidirectional, **options):
     """Train a language model on CORPUS (text files, one sentence per line; - for stdin).
 
     \b
@@ -193,6 +196,7 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
       rnngen train --unit char --hidden 256 shakespeare.txt -o shakes.npz
       rnngen train ptb.train.txt --valid ptb.valid.txt --optimizer sgd --lr 1 --hidden 200
       rnngen train corpus.txt --resume model.npz --epochs 20   # continue a run
+      rnngen train corpus.txt --bidirectional -o bi.npz        # a cloze model for rnngen fill
 
     Ctrl-C or SIGTERM stops at the end of the current chunk, saves the state to resume
     from and prints the command that resumes; a second Ctrl-C quits at once. The state is
@@ -206,6 +210,7 @@ def train(ctx, corpus, output, resume_path, quiet, threads, **options):
 
     data = {name: options.pop(name) for name in DATA_OPTIONS}
     model = {name: options.pop(name) for name in MODEL_OPTIONS}
+    model["direction"] = "bidirectional" if bidirectional else "forward"
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     check_writable(output)                              # before minutes of reading and training
     resume = _resumable(resume_path) if resume_path else None
