@@ -340,28 +340,50 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
       cat lines.txt | rnngen score - | sort -n | head
       rnngen score --format jsonl --per-token "the dog barks ."
       rnngen score --stream valid.txt          # perplexity of a whole file
+
+    A bidirectional model (rnngen train --bidirectional) gives no sentence probability:
+    its first column is the pseudo-log-likelihood, the sum over the tokens of
+    log p(token | every other token of the line) (<eos> not counted), its second
+    exp(-PLL / tokens); JSONL names it "pseudo_logprob", and stderr says so.
     """
-    from .score import score_lines
     from .textio import decode_arg
 
     sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
     ckpt = _load_for_use(model_path, threads, "score")
+    scorer, what = _line_scorer(ckpt, stream_path, quiet)
     if stream_path:
         batches = [[_stream_score(ckpt, stream_path, encoding_errors)]]
     elif sentences and sentences != ("-",):
-        batches = [_argument_scores(ckpt, sentences, per_token)]
+        batches = [_argument_scores(ckpt, sentences, per_token, scorer)]
     else:                                               # stdin, each batch scored as soon as it is read
-        batches = (score_lines(ckpt.model, ckpt.vocab, lines, per_token)
+        batches = (scorer(ckpt.model, ckpt.vocab, lines, per_token)
                    for lines in _stdin_line_batches(encoding_errors))
     logprob, tokens = 0.0, 0
     for results in batches:
-        _emit(results, fmt, per_token)
+        _emit(results, fmt, per_token, "logprob" if what == "perplexity" else "pseudo_logprob")
         logprob += sum(r.logprob for r in results)
         tokens += sum(r.tokens for r in results)
     if not quiet and tokens:
         import math
 
-        click.echo(f"rnngen: {tokens:,} tokens, perplexity {math.exp(-logprob / tokens):.3f}", err=True)
+        click.echo(f"rnngen: {tokens:,} tokens, {what} {math.exp(-logprob / tokens):.3f}", err=True)
+
+
+def _line_scorer(ckpt, stream_path, quiet: bool):
+    """(function scoring lines, what its perplexity is called): the sentence log-probability,
+    or a bidirectional model's pseudo-log-likelihood (said on stderr)."""
+    if not ckpt.model.config.bidirectional:
+        from .score import score_lines
+
+        return score_lines, "perplexity"
+    if stream_path:
+        raise RnngenError("--stream needs a forward model: a bidirectional model gives no stream probability")
+    from .fill import pseudo_log_likelihood
+
+    if not quiet:
+        click.echo("rnngen: bidirectional model: scores are pseudo-log-likelihoods, sum of log p(token | the "
+                   "other tokens), not sentence log-probabilities", err=True)
+    return pseudo_log_likelihood, "pseudo-perplexity"
 
 
 def _stream_score(ckpt, path: str, encoding_errors: str):
@@ -376,10 +398,8 @@ def _stream_score(ckpt, path: str, encoding_errors: str):
     return SentenceScore(path, logprob, count, int((ids == ckpt.vocab.unk).sum()))
 
 
-def _argument_scores(ckpt, sentences: tuple[str, ...], per_token: bool):
-    """The SENTENCE arguments scored, each on its own; an empty one is an error."""
-    from .score import score_lines
-
+def _argument_scores(ckpt, sentences: tuple[str, ...], per_token: bool, score_lines):
+    """The SENTENCE arguments scored by ``score_lines``, each on its own; an empty one is an error."""
     for i, sentence in enumerate(sentences):
         if not len(ckpt.vocab.encode_line(sentence)[0]):
             raise RnngenError(f"sentence {i + 1} is empty (to score the end-of-line token alone, "
@@ -387,11 +407,11 @@ def _argument_scores(ckpt, sentences: tuple[str, ...], per_token: bool):
     return score_lines(ckpt.model, ckpt.vocab, list(sentences), per_token)
 
 
-def _emit(results, fmt: str, per_token: bool) -> None:
+def _emit(results, fmt: str, per_token: bool, logprob_key: str = "logprob") -> None:
     out = []
     for r in results:
         if fmt == "jsonl":
-            rec = {"logprob": r.logprob, "perplexity": r.perplexity, "tokens": r.tokens, "oov": r.oov,
+            rec = {logprob_key: r.logprob, "perplexity": r.perplexity, "tokens": r.tokens, "oov": r.oov,
                    "text": r.text}
             if per_token:
                 rec["token_logprobs"] = r.token_logprobs
@@ -454,6 +474,101 @@ def _stdin_line_batches(encoding_errors: str):
 
 
 @cli.command()
+@click.argument("sentences", nargs=-1)
+@model_option
+@click.option("--blank", default="___", show_default=True, help="The marker of the blank to fill.")
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Candidates per line, most probable first.")
+@click.option("--candidates", help="Comma-separated tokens to rank (only these); prob is then normalised over "
+                                   "them. A token not in the vocabulary is an error.")
+@click.option("--allow-unk", is_flag=True, help="Let <unk> be a candidate (<eos> never is).")
+@click.option("--rescore", "rescore_path",
+              help="With a bidirectional model: re-rank its top 50 (at least --top-k) exactly with this forward "
+                   "model (same vocabulary).")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True)
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@threads_option
+def fill(sentences, model_path, blank, top_k, candidates, allow_unk, rescore_path, fmt, encoding_errors, threads):
+    """Fill the blank (___) of each sentence: the --top-k most probable tokens.
+
+    TSV columns: probability, token, the filled text; with more than one sentence, or from
+    stdin, the input's line number comes first, so each line's rows stay attributable.
+    --format jsonl writes one object per input line: {"text": ..., "candidates": [{"token",
+    "prob", "logprob"}, ...]} (logprob = ln prob). prob is normalised over the tokens that
+    may fill the blank: the vocabulary without <eos> and <unk> (--allow-unk keeps it), or
+    the --candidates given.
+
+    With a bidirectional model (rnngen train --bidirectional) the model's cloze output
+    answers; with a forward model the answer is exact: p(w | left, right) is proportional
+    to the probability of the whole filled sentence, computed for every candidate.
+
+    A sentence argument with no blank, or more than one, is an error. On stdin (- or no
+    SENTENCE; streamed line by line) such a line gets an error record instead, so the
+    output stays aligned: in TSV one row "LINE<tab>error<tab><tab>MESSAGE", in JSONL
+    {"text": ..., "candidates": [], "error": MESSAGE}; the exit status is then 1.
+
+    \b
+    Examples:
+      rnngen fill -m bi.npz "the cat ___ on the mat"
+      rnngen fill -m bi.npz --candidates sat,sits,sit "the cat ___ on the mat"
+      rnngen fill -m lm.npz -k 3 "the dogs that the cat sees ___ ."   # exact, forward model
+      rnngen fill -m bi.npz --rescore lm.npz --format jsonl - < blanks.txt
+    """
+    from .fill import fill_lines
+    from .textio import decode_arg
+
+    sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
+    ckpt = _load_for_use(model_path, threads, "score")
+    rescore = _rescore_model(rescore_path, ckpt) if rescore_path else None
+    options = dict(top_k=top_k, blank=blank, allow_unk=allow_unk, rescore=rescore,
+                   candidates=[c.strip() for c in candidates.split(",")] if candidates is not None else None)
+    if sentences and sentences != ("-",):
+        results = fill_lines(ckpt.model, ckpt.vocab, list(sentences), **options)
+        for i, r in enumerate(results):
+            if r.error:
+                raise RnngenError(f"sentence {i + 1}: {r.error}")
+        _emit_fill(results, fmt, 1 if len(results) > 1 else None)
+        return
+    line_no, failed = 1, False
+    for lines in _stdin_line_batches(encoding_errors):
+        results = fill_lines(ckpt.model, ckpt.vocab, lines, **options)
+        _emit_fill(results, fmt, line_no)
+        failed = failed or any(r.error for r in results)
+        line_no += len(lines)
+    if failed:
+        sys.exit(1)
+
+
+def _rescore_model(path: str, ckpt):
+    """The forward model of --rescore, which must share ``ckpt``'s vocabulary."""
+    rescore = _load(path, training_state=False)
+    if not ckpt.model.config.bidirectional:
+        raise RnngenError("--rescore re-ranks a bidirectional model's answer; a forward model's fill is already exact")
+    if rescore.model.config.bidirectional or rescore.vocab.tokens != ckpt.vocab.tokens:
+        raise RnngenError(f"{path}: --rescore needs a forward model with the same vocabulary")
+    return rescore.model
+
+
+def _emit_fill(results, fmt: str, first_line: int | None) -> None:
+    """Rows of fill results; with ``first_line`` each row starts with its input's line number."""
+    out = []
+    for n, r in enumerate(results):
+        if fmt == "jsonl":
+            rec = {"text": r.text, "candidates": [{"token": c.token, "prob": c.prob, "logprob": c.logprob}
+                                                  for c in r.candidates]}
+            if r.error:
+                rec["error"] = r.error
+            out.append(json.dumps(rec, ensure_ascii=False))
+            continue
+        lead = [] if first_line is None else [str(first_line + n)]
+        if r.error:
+            out.append("\t".join([*lead, "error", "", r.error]))
+            click.echo(f"rnngen: line {first_line + n}: {r.error}", err=True)
+        out.extend("\t".join([*lead, f"{c.prob:.4f}", c.token, r.filled(c.token)]) for c in r.candidates)
+    _write("".join(line + "\n" for line in out))
+
+
+@cli.command()
 @click.argument("model_path", required=False)
 def info(model_path):
     """Show which BLAS library rnngen uses here and why, then a checkpoint's configuration,
@@ -479,6 +594,8 @@ def info(model_path):
     out.append(f"cell        {cfg.cell} ({cfg.activation})" if cfg.cell == "rnn" else f"cell        {cfg.cell}")
     out.append(f"layers      {cfg.layers} x {cfg.hidden} hidden, embedding {cfg.embed_size}"
                f"{', tied' if cfg.tie_weights else ''}, dropout {cfg.dropout:g}")
+    if cfg.bidirectional:
+        out.append("direction   bidirectional (cloze model: rnngen fill; score gives pseudo-log-likelihoods)")
     if cfg.softmax == "class":
         out.append(f"softmax     class-factored, {len(cfg.class_bounds) - 1} classes")
     out.append(f"vocabulary  {len(ckpt.vocab):,} {ckpt.vocab.unit}s{' (lowercased)' if ckpt.vocab.lowercase else ''}")
