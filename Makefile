@@ -69,6 +69,10 @@ bench-startup: $(VENV)/.installed
 bench-memory: $(VENV)/.installed
 	$(PY) bench/memory.py
 
+## bench-fill: fill-the-blank accuracy and speed on PTB, forward vs bidirectional (20+ min; BENCH_FILL_ARGS="--train-seconds 120" for a quick run)
+bench-fill: $(VENV)/.installed
+	$(PY) bench/fill.py $(BENCH_FILL_ARGS)
+
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check rnngen tests bench corpora
 
