@@ -183,3 +183,18 @@ def test_loading_validates_the_direction(tmp_path, direction, message):
 def test_build_model_picks_the_class():
     config = ModelConfig(vocab_size=V, hidden=3)
     assert type(build_model(config, Model.init(config).params)) is Model
+
+
+@pytest.mark.parametrize("softmax", ["full", "class"])
+def test_two_lanes_give_the_serial_gradients(softmax):
+    from rnngen.lanes import Lanes
+
+    model = cloze_model(cell="lstm", layers=2, dropout=0.2, softmax=softmax, classes=3)
+    rng = np.random.default_rng(6)
+    x, y = lines_batch(rng, T=6, B=4)
+    masks = model.dropout_masks(rng, 6, 4)
+    nll, grads, _ = model.loss_and_grads(x, y, model.zero_state(4), masks)
+    nll2, grads2, _ = model.loss_and_grads(x, y, model.zero_state(4), masks, Lanes(2))
+    assert nll2 == pytest.approx(nll, rel=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(np.asarray(grads2[k]), np.asarray(grads[k]), rtol=1e-10, atol=1e-12)
