@@ -235,3 +235,15 @@ def test_fill_lines_is_in_the_api():
     import rnngen
 
     assert rnngen.fill_lines is fill_lines
+
+
+def test_train_bidirectional_resumes_where_it_stopped(in_tmp):
+    head = "\n".join((CORPUS / "train.txt").read_text().splitlines()[:300]) + "\n"
+    (in_tmp / "c.txt").write_text(head)
+    args = ["train", "c.txt", "--bidirectional", "--hidden", "8", "--epochs", "2", "--seed", "2", "--dropout", "0.1",
+            "--batch-size", "8", "-q"]
+    assert run(*args, "-o", "straight.npz").exit_code == 0
+    assert run(*args, "--max-steps", "7", "-o", "part.npz").exit_code == 0
+    assert run(*args, "--resume", "part.npz", "-o", "part.npz").exit_code == 0
+    a, b = np.load("straight.npz"), np.load("part.npz")
+    assert all((a[k] == b[k]).all() for k in a.files if k.startswith("param."))
