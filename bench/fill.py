@@ -145,7 +145,7 @@ def report(args, fw_path: Path, bi_path: Path) -> None:
     # Exact fill's cost grows with the lines: the forward model's batch is capped at --exact-lines.
     speed = {f"{kind} {m} lines": throughput(model, vocab, blanks, m)
              for kind, model, cap in (("forward", fw.model, args.exact_lines), ("bidirectional", bi.model, 100))
-             for m in sorted({min(n, max(cap, 1)) for n in (1, 100)})}
+             for m in sorted({min(n, max(cap, 1), len(blanks)) for n in (1, 100)})}
     result = {"train_seconds": args.train_seconds, "cell": args.cell, "hidden": args.hidden, "softmax": args.softmax,
               "threads": args.threads, "sample_seed": args.seed, "vocab": len(vocab),
               "valid_ppl": {"forward": fw.history[-1]["valid_ppl"] if fw.history else None,
