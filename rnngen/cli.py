@@ -344,7 +344,8 @@ def score(sentences, model_path, fmt, per_token, stream_path, encoding_errors, q
     A bidirectional model (rnngen train --bidirectional) gives no sentence probability:
     its first column is the pseudo-log-likelihood, the sum over the tokens of
     log p(token | every other token of the line) (<eos> not counted), its second
-    exp(-PLL / tokens); JSONL names it "pseudo_logprob", and stderr says so.
+    exp(-PLL / tokens); JSONL names them "pseudo_logprob" and "pseudo_perplexity", and
+    stderr says so.
     """
     from .textio import decode_arg
 
@@ -411,8 +412,8 @@ def _emit(results, fmt: str, per_token: bool, logprob_key: str = "logprob") -> N
     out = []
     for r in results:
         if fmt == "jsonl":
-            rec = {logprob_key: r.logprob, "perplexity": r.perplexity, "tokens": r.tokens, "oov": r.oov,
-                   "text": r.text}
+            rec = {logprob_key: r.logprob, logprob_key.replace("logprob", "perplexity"): r.perplexity,
+                   "tokens": r.tokens, "oov": r.oov, "text": r.text}
             if per_token:
                 rec["token_logprobs"] = r.token_logprobs
             out.append(json.dumps(rec, ensure_ascii=False))
@@ -530,11 +531,14 @@ def fill(sentences, model_path, blank, top_k, candidates, allow_unk, rescore_pat
         _emit_fill(results, fmt, 1 if len(results) > 1 else None)
         return
     line_no, failed = 1, False
-    for lines in _stdin_line_batches(encoding_errors):
-        results = fill_lines(ckpt.model, ckpt.vocab, lines, **options)
-        _emit_fill(results, fmt, line_no)
-        failed = failed or any(r.error for r in results)
-        line_no += len(lines)
+    for batch in _stdin_line_batches(encoding_errors):
+        # A cloze model fills what has arrived side by side; exact fill costs a batch of its
+        # own per line, so each line's rows are written as soon as they are known.
+        for lines in [batch] if ckpt.model.config.bidirectional else [[line] for line in batch]:
+            results = fill_lines(ckpt.model, ckpt.vocab, lines, **options)
+            _emit_fill(results, fmt, line_no)
+            failed = failed or any(r.error for r in results)
+            line_no += len(lines)
     if failed:
         sys.exit(1)
 
