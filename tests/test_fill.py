@@ -125,6 +125,18 @@ def test_bad_candidates_are_errors(candidates, message):
         fill_lines(models()[0], VOCAB, ["the ___ ."], candidates=candidates)
 
 
+def test_sentence_probabilities_refuse_a_bidirectional_model():
+    from rnngen.score import stream_logprob
+
+    forward, cloze = models()
+    with pytest.raises(RnngenError, match="no sentence probability"):
+        score_lines(cloze, VOCAB, ["the cat sat ."])
+    with pytest.raises(RnngenError, match="no sentence probability"):
+        stream_logprob(cloze, np.array([2, 3, 0], dtype=np.int32))
+    with pytest.raises(RnngenError, match="needs a bidirectional model"):
+        pseudo_log_likelihood(forward, VOCAB, ["the cat sat ."])
+
+
 def test_pseudo_log_likelihood_sums_the_cloze_terms():
     _, cloze = models()
     [s] = pseudo_log_likelihood(cloze, VOCAB, ["the cat sat ."], per_token=True)
