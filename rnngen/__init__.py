@@ -6,6 +6,7 @@ The Python API is the same functions the command line calls::
     ckpt = load_model("model.npz")                  # model + vocabulary + history
     score_lines(ckpt.model, ckpt.vocab, ["the dog barks ."])
     sample(ckpt.model, ckpt.vocab, n=3, seed=1)
+    fill_lines(ckpt.model, ckpt.vocab, ["the dog ___ ."], top_k=5)   # which token fits the blank
     nll, grads, state = ckpt.model.loss_and_grads(inputs, targets, ckpt.model.zero_state(B))
 
 Names are imported lazily so that ``rnngen --help`` does not pay for NumPy and Numba.
@@ -27,6 +28,9 @@ _API = {
     "stream_logprob": ("score", "stream_logprob"),
     "perplexity": ("score", "perplexity"),
     "sample": ("sample", "sample"),
+    "fill_lines": ("fill", "fill_lines"),
+    "pseudo_log_likelihood": ("fill", "pseudo_log_likelihood"),
+    "ClozeModel": ("cloze", "ClozeModel"),
     "RnngenError": ("errors", "RnngenError"),
 }
 

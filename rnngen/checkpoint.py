@@ -28,6 +28,7 @@ from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 
+from .cloze import build_model
 from .config import ModelConfig, TrainConfig
 from .errors import RnngenError
 from .files import replace_atomically
@@ -228,7 +229,7 @@ def _read(zf: zipfile.ZipFile, file_size: int, training_state: bool = True) -> C
               for name, shape in expected.items() if training_state or not name.startswith("resume.")}
     params = {k: arrays[f"param.{k}"] for k in shapes}
     resume = {k[len("resume."):]: v for k, v in arrays.items() if k.startswith("resume.")} or None
-    return Checkpoint(Model(config, params), vocab, train, history, resume)
+    return Checkpoint(build_model(config, params), vocab, train, history, resume)
 
 
 def _members(zf: zipfile.ZipFile, file_size: int) -> dict[str, zipfile.ZipInfo]:

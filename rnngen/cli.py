@@ -191,6 +191,9 @@ training_options = _options(
 @data_options
 @model_options
 @training_options
+@click.option("--bidirectional", is_flag=True,
+              help="Train a cloze model for `rnngen fill`: p(word | the rest of its line), from a forward and a "
+                   "backward stack over whole lines (lines longer than --bptt in half-overlapping windows).")
 @click.option("--resume", "resume_path", type=FILE, help="Continue the run saved in this checkpoint.")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
               help="What to do with bytes that are not UTF-8.")
@@ -200,7 +203,7 @@ training_options = _options(
               help="Train data-parallel in N MPI ranks on this machine (mpiexec -n N; needs rnngen[mpi]); "
                    "--threads is then per rank, by default the cores shared out.")
 @click.pass_context
-def train(ctx, corpus, output, resume_path, quiet, threads, workers, **options):
+def train(ctx, corpus, output, resume_path, quiet, threads, workers, bidirectional, **options):
     """Train a language model on CORPUS (text files, one sentence per line; - for stdin).
 
     \b
@@ -212,6 +215,7 @@ def train(ctx, corpus, output, resume_path, quiet, threads, workers, **options):
       rnngen train corpus.txt --log-file run.jsonl && rnngen plot run.jsonl
       rnngen train corpus.txt --workers 2              # 2 MPI ranks on this machine
       mpiexec -f hostfile -n 8 rnngen train corpus.txt # 8 ranks across machines
+      rnngen train corpus.txt --bidirectional -o bi.npz        # a cloze model for rnngen fill
 
     Ctrl-C or SIGTERM stops at the end of the current chunk, saves the state to resume
     from and prints the command that resumes; a second Ctrl-C quits at once. The state is
@@ -231,6 +235,7 @@ def train(ctx, corpus, output, resume_path, quiet, threads, workers, **options):
     data = {name: options.pop(name) for name in DATA_OPTIONS}
     model = {name: options.pop(name) for name in MODEL_OPTIONS}
     quiet = quiet or not distributed.world().root       # one log for the job: rank 0's
+    model["direction"] = "bidirectional" if bidirectional else "forward"
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     check_writable(output)                              # before minutes of reading and training
     resume = _resumable(resume_path) if resume_path else None
@@ -397,8 +402,13 @@ def score(sentences, model_path, fmt, per_token, stream_path, lines_path, encodi
     warm-up over 1,000 tokens), so the total differs from one process's only by that reset.
     --lines splits the file's lines over the ranks, exactly. Other forms of score run on
     rank 0 alone.
+
+    A bidirectional model (rnngen train --bidirectional) gives no sentence probability:
+    its first column is the pseudo-log-likelihood, the sum over the tokens of
+    log p(token | every other token of the line) (<eos> not counted), its second
+    exp(-PLL / tokens); JSONL names them "pseudo_logprob" and "pseudo_perplexity", and
+    stderr says so.
     """
-    from .score import score_lines
     from .textio import decode_arg
 
     job = distributed.world()
@@ -406,25 +416,43 @@ def score(sentences, model_path, fmt, per_token, stream_path, lines_path, encodi
         return
     sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
     ckpt = _load_for_use(model_path, threads or (job.threads() if job.size > 1 else 0), "score")
+    scorer, what = _line_scorer(ckpt, stream_path, quiet)
     if stream_path:
         batches = [[_stream_score(ckpt, stream_path, encoding_errors)]]
     elif lines_path:
         batches = [distributed.score_lines_part(job, ckpt.model, ckpt.vocab, _file_lines(lines_path, encoding_errors),
                                                 per_token)]
     elif sentences and sentences != ("-",):
-        batches = [_argument_scores(ckpt, sentences, per_token)]
+        batches = [_argument_scores(ckpt, sentences, per_token, scorer)]
     else:                                               # stdin, each batch scored as soon as it is read
-        batches = (score_lines(ckpt.model, ckpt.vocab, lines, per_token)
+        batches = (scorer(ckpt.model, ckpt.vocab, lines, per_token)
                    for lines in _stdin_line_batches(encoding_errors))
     logprob, tokens = 0.0, 0
     for results in batches if job.root else ():
-        _emit(results, fmt, per_token)
+        _emit(results, fmt, per_token, "logprob" if what == "perplexity" else "pseudo_logprob")
         logprob += sum(r.logprob for r in results)
         tokens += sum(r.tokens for r in results)
     if not quiet and tokens and job.root:
         import math
 
-        click.echo(f"rnngen: {tokens:,} tokens, perplexity {math.exp(-logprob / tokens):.3f}", err=True)
+        click.echo(f"rnngen: {tokens:,} tokens, {what} {math.exp(-logprob / tokens):.3f}", err=True)
+
+
+def _line_scorer(ckpt, stream_path, quiet: bool):
+    """(function scoring lines, what its perplexity is called): the sentence log-probability,
+    or a bidirectional model's pseudo-log-likelihood (said on stderr)."""
+    if not ckpt.model.config.bidirectional:
+        from .score import score_lines
+
+        return score_lines, "perplexity"
+    if stream_path:
+        raise RnngenError("--stream needs a forward model: a bidirectional model gives no stream probability")
+    from .fill import pseudo_log_likelihood
+
+    if not quiet:
+        click.echo("rnngen: bidirectional model: scores are pseudo-log-likelihoods, sum of log p(token | the "
+                   "other tokens), not sentence log-probabilities", err=True)
+    return pseudo_log_likelihood, "pseudo-perplexity"
 
 
 def _stream_score(ckpt, path: str, encoding_errors: str):
@@ -455,10 +483,8 @@ def _file_lines(path: str, encoding_errors: str) -> list[str]:
     return [line.removesuffix("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]
 
 
-def _argument_scores(ckpt, sentences: tuple[str, ...], per_token: bool):
-    """The SENTENCE arguments scored, each on its own; an empty one is an error."""
-    from .score import score_lines
-
+def _argument_scores(ckpt, sentences: tuple[str, ...], per_token: bool, score_lines):
+    """The SENTENCE arguments scored by ``score_lines``, each on its own; an empty one is an error."""
     for i, sentence in enumerate(sentences):
         if not len(ckpt.vocab.encode_line(sentence)[0]):
             raise RnngenError(f"sentence {i + 1} is empty (to score the end-of-line token alone, "
@@ -466,12 +492,12 @@ def _argument_scores(ckpt, sentences: tuple[str, ...], per_token: bool):
     return score_lines(ckpt.model, ckpt.vocab, list(sentences), per_token)
 
 
-def _emit(results, fmt: str, per_token: bool) -> None:
+def _emit(results, fmt: str, per_token: bool, logprob_key: str = "logprob") -> None:
     out = []
     for r in results:
         if fmt == "jsonl":
-            rec = {"logprob": r.logprob, "perplexity": r.perplexity, "tokens": r.tokens, "oov": r.oov,
-                   "text": r.text}
+            rec = {logprob_key: r.logprob, logprob_key.replace("logprob", "perplexity"): r.perplexity,
+                   "tokens": r.tokens, "oov": r.oov, "text": r.text}
             if per_token:
                 rec["token_logprobs"] = r.token_logprobs
             out.append(json.dumps(rec, ensure_ascii=False))
@@ -533,6 +559,104 @@ def _stdin_line_batches(encoding_errors: str):
 
 
 @cli.command()
+@click.argument("sentences", nargs=-1)
+@model_option
+@click.option("--blank", default="___", show_default=True, help="The marker of the blank to fill.")
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Candidates per line, most probable first.")
+@click.option("--candidates", help="Comma-separated tokens to rank (only these); prob is then normalised over "
+                                   "them. A token not in the vocabulary is an error.")
+@click.option("--allow-unk", is_flag=True, help="Let <unk> be a candidate (<eos> never is).")
+@click.option("--rescore", "rescore_path",
+              help="With a bidirectional model: re-rank its top 50 (at least --top-k) exactly with this forward "
+                   "model (same vocabulary).")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True)
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True)
+@threads_option
+def fill(sentences, model_path, blank, top_k, candidates, allow_unk, rescore_path, fmt, encoding_errors, threads):
+    """Fill the blank (___) of each sentence: the --top-k most probable tokens.
+
+    TSV columns: probability, token, the filled text; with more than one sentence, or from
+    stdin, the input's line number comes first, so each line's rows stay attributable.
+    --format jsonl writes one object per input line: {"text": ..., "candidates": [{"token",
+    "prob", "logprob"}, ...]} (logprob = ln prob). prob is normalised over the tokens that
+    may fill the blank: the vocabulary without <eos> and <unk> (--allow-unk keeps it), or
+    the --candidates given.
+
+    With a bidirectional model (rnngen train --bidirectional) the model's cloze output
+    answers; with a forward model the answer is exact: p(w | left, right) is proportional
+    to the probability of the whole filled sentence, computed for every candidate.
+
+    A sentence argument with no blank, or more than one, is an error. On stdin (- or no
+    SENTENCE; streamed line by line) such a line gets an error record instead, so the
+    output stays aligned: in TSV one row "LINE<tab>error<tab><tab>MESSAGE", in JSONL
+    {"text": ..., "candidates": [], "error": MESSAGE}; the exit status is then 1.
+
+    \b
+    Examples:
+      rnngen fill -m bi.npz "the cat ___ on the mat"
+      rnngen fill -m bi.npz --candidates sat,sits,sit "the cat ___ on the mat"
+      rnngen fill -m lm.npz -k 3 "the dogs that the cat sees ___ ."   # exact, forward model
+      rnngen fill -m bi.npz --rescore lm.npz --format jsonl - < blanks.txt
+    """
+    from .fill import fill_lines
+    from .textio import decode_arg
+
+    sentences = tuple(decode_arg(s, f"sentence {i + 1}", encoding_errors) for i, s in enumerate(sentences))
+    ckpt = _load_for_use(model_path, threads, "score")
+    rescore = _rescore_model(rescore_path, ckpt) if rescore_path else None
+    options = dict(top_k=top_k, blank=blank, allow_unk=allow_unk, rescore=rescore,
+                   candidates=[c.strip() for c in candidates.split(",")] if candidates is not None else None)
+    if sentences and sentences != ("-",):
+        results = fill_lines(ckpt.model, ckpt.vocab, list(sentences), **options)
+        for i, r in enumerate(results):
+            if r.error:
+                raise RnngenError(f"sentence {i + 1}: {r.error}")
+        _emit_fill(results, fmt, 1 if len(results) > 1 else None)
+        return
+    line_no, failed = 1, False
+    for batch in _stdin_line_batches(encoding_errors):
+        # A cloze model fills what has arrived side by side; exact fill costs a batch of its
+        # own per line, so each line's rows are written as soon as they are known.
+        for lines in [batch] if ckpt.model.config.bidirectional else [[line] for line in batch]:
+            results = fill_lines(ckpt.model, ckpt.vocab, lines, **options)
+            _emit_fill(results, fmt, line_no)
+            failed = failed or any(r.error for r in results)
+            line_no += len(lines)
+    if failed:
+        sys.exit(1)
+
+
+def _rescore_model(path: str, ckpt):
+    """The forward model of --rescore, which must share ``ckpt``'s vocabulary."""
+    rescore = _load(path, training_state=False)
+    if not ckpt.model.config.bidirectional:
+        raise RnngenError("--rescore re-ranks a bidirectional model's answer; a forward model's fill is already exact")
+    if rescore.model.config.bidirectional or rescore.vocab.tokens != ckpt.vocab.tokens:
+        raise RnngenError(f"{path}: --rescore needs a forward model with the same vocabulary")
+    return rescore.model
+
+
+def _emit_fill(results, fmt: str, first_line: int | None) -> None:
+    """Rows of fill results; with ``first_line`` each row starts with its input's line number."""
+    out = []
+    for n, r in enumerate(results):
+        if fmt == "jsonl":
+            rec = {"text": r.text, "candidates": [{"token": c.token, "prob": c.prob, "logprob": c.logprob}
+                                                  for c in r.candidates]}
+            if r.error:
+                rec["error"] = r.error
+            out.append(json.dumps(rec, ensure_ascii=False))
+            continue
+        lead = [] if first_line is None else [str(first_line + n)]
+        if r.error:
+            out.append("\t".join([*lead, "error", "", r.error]))
+            click.echo(f"rnngen: line {first_line + n}: {r.error}", err=True)
+        out.extend("\t".join([*lead, f"{c.prob:.4f}", c.token, r.filled(c.token)]) for c in r.candidates)
+    _write("".join(line + "\n" for line in out))
+
+
+@cli.command()
 @click.argument("model_path", required=False, type=FILE)
 def info(model_path):
     """Show which BLAS library rnngen uses here and why, then a checkpoint's configuration,
@@ -558,6 +682,8 @@ def info(model_path):
     out.append(f"cell        {cfg.cell} ({cfg.activation})" if cfg.cell == "rnn" else f"cell        {cfg.cell}")
     out.append(f"layers      {cfg.layers} x {cfg.hidden} hidden, embedding {cfg.embed_size}"
                f"{', tied' if cfg.tie_weights else ''}, dropout {cfg.dropout:g}")
+    if cfg.bidirectional:
+        out.append("direction   bidirectional (cloze model: rnngen fill; score gives pseudo-log-likelihoods)")
     if cfg.softmax == "class":
         out.append(f"softmax     class-factored, {len(cfg.class_bounds) - 1} classes")
     out.append(f"vocabulary  {len(ckpt.vocab):,} {ckpt.vocab.unit}s{' (lowercased)' if ckpt.vocab.lowercase else ''}")

@@ -25,6 +25,7 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}           # gate blocks in a layer's W_x
 STATE_PARTS = {"rnn": 1, "gru": 1, "lstm": 2}     # arrays a layer carries between chunks: h (and c)
 ACTIVATIONS = ("tanh", "relu")                    # of the vanilla RNN
 SOFTMAX_NAMES = ("full", "class")
+DIRECTIONS = ("forward", "bidirectional")         # a language model, or a cloze model (rnngen.cloze)
 OPTIMIZER_NAMES = ("sgd", "adagrad", "adam")
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
 
@@ -79,6 +80,7 @@ class ModelConfig:
     softmax: str = "full"
     classes: int = 0                                   # class softmax: 0 = about sqrt(vocab)
     class_bounds: list = field(default_factory=list)   # C+1 ids, filled from word counts
+    direction: str = "forward"                         # "bidirectional": a cloze model (rnngen.cloze)
 
     def __post_init__(self):
         if self.cell not in CELL_NAMES:
@@ -96,6 +98,8 @@ class ModelConfig:
             raise RnngenError("--tie-weights needs --embed equal to --hidden")
         if self.softmax not in SOFTMAX_NAMES:
             raise RnngenError(f"unknown softmax {self.softmax!r} (choose from {', '.join(SOFTMAX_NAMES)})")
+        if self.direction not in DIRECTIONS:
+            raise RnngenError(f"unknown direction {self.direction!r} (choose from {', '.join(DIRECTIONS)})")
         b = self.class_bounds
         if self.classes < 0:
             raise RnngenError("--classes must be at least 1 (or 0 for about sqrt(vocabulary))")
@@ -107,6 +111,10 @@ class ModelConfig:
     @property
     def embed_size(self) -> int:
         return self.embed or self.hidden
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.direction == "bidirectional"
 
     @property
     def n_classes(self) -> int:
@@ -131,13 +139,15 @@ class ModelConfig:
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's name and shape, in a fixed order: the embedding, each layer's
-        (``l0.W_x``, ...), then the output layer's (:meth:`output_shapes`)."""
+        (``l0.W_x``, ...), a bidirectional model's backward stack's (``r0.W_x``, ...), then
+        the output layer's (:meth:`output_shapes`)."""
         shapes = {"embed": (self.vocab_size, self.embed_size)}
-        n_in = self.embed_size
-        for layer in range(self.layers):
-            for k, s in layer_shapes(self.cell, n_in, self.hidden).items():
-                shapes[f"l{layer}.{k}"] = s
-            n_in = self.hidden
+        for prefix in ("l", "r") if self.bidirectional else ("l",):
+            n_in = self.embed_size
+            for layer in range(self.layers):
+                for k, s in layer_shapes(self.cell, n_in, self.hidden).items():
+                    shapes[f"{prefix}{layer}.{k}"] = s
+                n_in = self.hidden
         shapes.update(self.output_shapes())
         return shapes
 

@@ -81,8 +81,10 @@ class Model:
         """Initial recurrent state: (layers, state parts, batch, hidden)."""
         return np.zeros(self.config.state_shape(batch), dtype=self.dtype)
 
-    def layer_params(self, layer: int) -> dict[str, np.ndarray]:
-        prefix = f"l{layer}."
+    def layer_params(self, layer: int, stack: str = "l") -> dict[str, np.ndarray]:
+        """Layer ``layer``'s parameters under their names in the cell; ``stack`` "r" names
+        a bidirectional model's backward stack (:mod:`rnngen.cloze`)."""
+        prefix = f"{stack}{layer}."
         return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
 
     def dropout_masks(self, rng: np.random.Generator, T: int, B: int) -> list[np.ndarray]:
@@ -93,14 +95,15 @@ class Model:
         return [(rng.random((T, B, d)) < keep).astype(self.dtype) / self.dtype.type(keep)
                 for d in sizes]
 
-    def hidden_forward(self, inputs: np.ndarray, state: np.ndarray, masks=None):
-        """Top-layer outputs (T, B, H) for token ids (T, B); also caches and final state."""
+    def hidden_forward(self, inputs: np.ndarray, state: np.ndarray, masks=None, stack: str = "l"):
+        """Top-layer outputs (T, B, H) for token ids (T, B); also caches and final state.
+        ``stack``: which stack of layers (see :meth:`layer_params`)."""
         x = self.params["embed"][inputs]
         if masks is not None:
             x = x * masks[0]
         caches, new_state = [], np.empty_like(state)
         for layer in range(self.config.layers):
-            x, cache, new_state[layer] = self.cell.forward(self.layer_params(layer), x, state[layer])
+            x, cache, new_state[layer] = self.cell.forward(self.layer_params(layer, stack), x, state[layer])
             caches.append(cache)
             if masks is not None:
                 x = x * masks[layer + 1]
@@ -151,14 +154,19 @@ class Model:
                 grads.update({f"l{layer}.{k}": v for k, v in lg.items()})
         if masks is not None:
             dx = dx * masks[0]
-        dx = np.ascontiguousarray(dx.reshape(N, -1))
+        self.add_embed_grad(grads, inputs.reshape(-1), dx.reshape(N, -1))
+        return -float(logp.sum()), {k: grads[k] for k in p}, new_state
+
+    def add_embed_grad(self, grads: dict, ids: np.ndarray, dx: np.ndarray) -> None:
+        """dE[x_t] += dx_t for the rows ``dx`` (N, D) read at token ids ``ids`` (N,): a
+        RowGrad, or added to the output layer's share in ``grads["embed"]`` when tied."""
+        dx = np.ascontiguousarray(dx)
         tied = grads.get("embed")                            # the output layer's share, if tied
         if tied is None:
-            grads["embed"] = RowGrad.of_rows(inputs.reshape(-1), dx, p["embed"].shape)   # dE[x_t] += dx_t
+            grads["embed"] = RowGrad.of_rows(ids, dx, self.params["embed"].shape)
         else:
             grads["embed"] = np.ascontiguousarray(tied)
-            scatter_add_rows(grads["embed"], inputs.reshape(-1), dx)
-        return -float(logp.sum()), {k: grads[k] for k in p}, new_state
+            scatter_add_rows(grads["embed"], ids, dx)
 
     def _forward_in_halves(self, inputs, targets, state, masks, lanes: Lanes, scale: float):
         """The forward pass and the output layer of a training step on two lanes, the chunk's

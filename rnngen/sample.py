@@ -37,6 +37,9 @@ def sample_blocks(model: Model, vocab: Vocab, n: int = 10, temperature: float = 
     sampling kernel per lane with its BLAS on one thread: the lines are independent, so each
     lane runs without waiting for the others, where splitting each of the kernel's small
     products over the threads would make them meet at every product."""
+    if model.config.bidirectional:
+        raise RnngenError("a bidirectional model cannot generate text: it predicts a word from both sides "
+                          "(use it with rnngen fill or score; sample from a forward model)")
     if n < 0:
         raise RnngenError("--n must be at least 0")
     if not temperature >= 0:

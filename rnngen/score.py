@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import blas, jit
+from .errors import RnngenError
 from .jit import interpreted_if_small
 from .lanes import SERIAL, Lanes
 from .lanes import shared as shared_lanes
@@ -123,10 +124,18 @@ def _write_logprobs(model: Model, top, targets, out, scored=None) -> None:
 def stream_logprob(model: Model, ids: np.ndarray) -> tuple[float, int]:
     """Total log-probability and token count of an id stream (lines already joined by
     ``<eos>``), batch 1, state carried, the first token predicted from ``<eos>``."""
+    _forward_only(model)
     ids = np.asarray(ids, dtype=np.int32)
     inputs = np.concatenate(([0], ids[:-1])).astype(np.int32)[:, None]
     lp, _ = chunked_logprobs(model, inputs, ids[:, None])
     return float(lp.sum()), int(ids.size)
+
+
+def _forward_only(model: Model) -> None:
+    """Sentence and stream probabilities come from forward models only."""
+    if model.config.bidirectional:
+        raise RnngenError("a bidirectional model gives no sentence probability "
+                          "(its pseudo-log-likelihood: rnngen.fill.pseudo_log_likelihood)")
 
 
 def perplexity(model: Model, ids: np.ndarray) -> float:
@@ -138,6 +147,7 @@ def score_lines(model: Model, vocab: Vocab, lines: list[str], per_token: bool = 
     """Score each line independently; results in input order. Lines are sorted by length and
     scored BATCH_LINES side by side. On lanes the layers run through all the batches, up to
     two chunks ahead of the output layer (see :func:`_scoring_lanes`)."""
+    _forward_only(model)
     encoded = [vocab.encode_line(line) for line in lines]
     order = sorted(range(len(lines)), key=lambda i: len(encoded[i][0]))
     batches = []

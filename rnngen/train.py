@@ -31,6 +31,7 @@ import numpy as np
 from . import blas, checkpoint
 from . import distributed as dist
 from .checkpoint import Checkpoint
+from .cloze import LineBatches, cloze_stream_logprob, init_model
 from .config import TrainConfig, known_fields
 from .corpus import count_corpus, encode_files
 from .errors import RnngenError
@@ -73,7 +74,7 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     world = world or dist.world()
     train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
     config = _fit_batch_size(config, len(train_ids), log)
-    data = Chunks(*batchify(train_ids, config.batch_size), config.bptt)
+    data = _training_data(train_ids, config, resume.model.config if resume is not None else model_config, world)
     if resume is not None:
         run, vocab = _resumed_run(resume, config, train_ids, data.count), resume.vocab
     else:
@@ -108,7 +109,18 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     return saved.write(run)
 
 
-def _train_epoch(run: Run, data: Chunks, config: TrainConfig, lanes: Lanes, saved: Checkpoints,
+def _training_data(train_ids: np.ndarray, config: TrainConfig, model_config: ModelConfig, world: dist.World):
+    """The chunks of the stream (a language model), or batches of whole lines (a cloze model,
+    :class:`rnngen.cloze.LineBatches`, lines longer than ``bptt`` cut into windows)."""
+    if model_config.bidirectional:
+        if world.size > 1:
+            raise RnngenError("a bidirectional model trains in one process: its batches of whole lines "
+                              "are not split over MPI ranks")
+        return LineBatches(train_ids, config.batch_size, config.bptt, config.seed)
+    return Chunks(*batchify(train_ids, config.batch_size), config.bptt)
+
+
+def _train_epoch(run: Run, data: Chunks | LineBatches, config: TrainConfig, lanes: Lanes, saved: Checkpoints,
                  reporter: Reporter, signals: _Signals, world: dist.World = dist.SINGLE) -> str | None:
     """Train chunk after chunk to the end of the epoch; returns why training stops before it,
     or None. A step whose loss is not finite rolls the run back to the last save (so does a
@@ -196,11 +208,12 @@ def _limit_reached(config: TrainConfig, p: Progress) -> str | None:
 
 
 def validate(model: Model, valid_ids: np.ndarray | None, threads: int) -> float | None:
-    """Perplexity of the validation stream (batch 1, state carried), or None without one."""
+    """Perplexity of the validation stream (batch 1, state carried), or None without one; a
+    cloze model's is the cloze perplexity of the validation lines (:mod:`rnngen.cloze`)."""
     if valid_ids is None or not len(valid_ids):
         return None
     with blas.numpy_threads(threads):
-        logprob, count = stream_logprob(model, valid_ids)
+        logprob, count = (cloze_stream_logprob if model.config.bidirectional else stream_logprob)(model, valid_ids)
     return _ppl(-logprob, count)
 
 
@@ -295,7 +308,7 @@ class Run:
         arrays = {f"param.{k}": v for k, v in self.model.params.items()}
         arrays.update({f"optim.{k}": v for k, v in self.optim.state.items()})
         arrays["state"] = self.state if state is None else state
-        best = Model(self.model.config, self.best) if self.best is not None else self.model
+        best = type(self.model)(self.model.config, self.best) if self.best is not None else self.model
         return Checkpoint(best, vocab, {**asdict(config), "progress": asdict(self.progress)}, self.history, arrays)
 
 
@@ -530,7 +543,7 @@ def _fit_batch_size(config: TrainConfig, n_tokens: int, log: Callable[[str], Non
 
 def _new_run(model_config: ModelConfig, config: TrainConfig, train_ids: np.ndarray) -> Run:
     model_config = model_config.with_classes(token_counts(train_ids, model_config.vocab_size))
-    model = Model.init(model_config, seed=config.seed)
+    model = init_model(model_config, seed=config.seed)
     return Run(model, make_optimizer(config.optimizer, model.params), model.zero_state(config.batch_size),
                np.random.default_rng(config.seed + 1), Progress(lr=config.lr, data=fingerprint(train_ids)))
 
@@ -561,7 +574,7 @@ def _resumed_run(ckpt: Checkpoint, config: TrainConfig, train_ids: np.ndarray, n
         raise RnngenError("--resume needs the same --batch-size as the original run")
     if progress.chunk and (ckpt.train.get("bptt") != config.bptt or progress.chunk > n_chunks):
         raise RnngenError("--resume in the middle of an epoch needs the same --bptt as the original run")
-    model = Model(ckpt.model.config, {k: v.copy() for k, v in _under(ckpt.resume, "param.").items()})
+    model = type(ckpt.model)(ckpt.model.config, {k: v.copy() for k, v in _under(ckpt.resume, "param.").items()})
     optim = make_optimizer(config.optimizer, model.params)
     optim.load_state(_under(ckpt.resume, "optim."), progress.step)
     state = model.zero_state(config.batch_size)

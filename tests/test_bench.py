@@ -88,3 +88,24 @@ def test_report_of_a_missing_file_is_one_line_and_exit_1(script, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"bench: cannot read {tmp_path / 'none.json'}: "
                                                 f"[Errno 2] No such file or directory: '{tmp_path / 'none.json'}'"]
+
+
+def test_bench_fill_skips_without_ptb(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / "fill.py"), "--ptb", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "" and "skipped" in done.stderr
+
+
+def test_bench_fill_runs_end_to_end_on_a_small_corpus(tmp_path):
+    """The fill benchmark on the project corpus, each model trained a moment."""
+    done = subprocess.run([sys.executable, str(BENCH / "fill.py"), "--ptb", str(CORPUS), "--train-seconds", "1",
+                           "--lines", "12", "--exact-lines", "4", "--hidden", "12", "--models", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    rows = {(r["method"], r.get("subset", False)): r for r in result["methods"]}
+    assert set(rows) == {("left", False), ("cloze", False), ("left", True), ("cloze", True), ("exact", True)}
+    assert rows[("cloze", False)]["lines"] == 12 and rows[("exact", True)]["lines"] == 4
+    assert all(0 <= r["top1"] <= r["top5"] <= 1 and r["cloze_ppl"] >= 1 for r in rows.values())
+    assert set(result["fill_lines_per_s"]) == {"forward 1 lines", "forward 4 lines", "bidirectional 1 lines",
+                                               "bidirectional 12 lines"}

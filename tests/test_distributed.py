@@ -186,6 +186,13 @@ def test_a_jobs_metrics_log_is_written_once(corpus, tmp_path):
 
 
 @needs_mpi
+def test_a_bidirectional_model_is_refused_by_a_job_in_one_line(corpus, tmp_path):
+    r = run(rnngen_cmd(corpus, tmp_path / "bi.npz", "--bidirectional"), 2)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "a bidirectional model trains in one process" in r.stderr
+
+
+@needs_mpi
 def test_ranks_that_read_different_data_stop_with_one_line(corpus, tmp_path):
     (tmp_path / "other.txt").write_text("".join((corpus / "train.txt").read_text().splitlines(True)[:300]))
     first = rnngen_cmd(corpus, tmp_path / "m.npz")

@@ -1,7 +1,7 @@
 """The package's modules import one another in one direction, from the bottom up:
 
     config (and errors) -> blas -> jit, lanes -> kernels -> rowgrad, cells, softmax, optim
-        -> model -> score, sample, checkpoint -> train -> cli
+        -> model -> cloze -> score, fill, sample, checkpoint -> train -> cli
     (vocab, textio and corpus import only errors; score, sample, checkpoint and train use them)
 
 No module imports one that imports it back, directly or through others, whether at the top
