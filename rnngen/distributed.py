@@ -263,15 +263,72 @@ def without_option(argv: list[str], name: str) -> list[str]:
 
 
 def launch_workers(workers: int, argv: list[str]) -> None:
-    """Replace this process with ``mpiexec -n workers`` running the same command without
-    --workers: the job that ``mpiexec -n workers rnngen ...`` starts. One worker is this
+    """Run ``mpiexec -n workers`` with the same command without --workers: the job that
+    ``mpiexec -n workers rnngen ...`` starts, and exit with its status. One worker is this
     process itself, with no MPI at all."""
     if workers == 1:
         return
     launcher = mpiexec_path()
     sys.stderr.flush()
-    os.execv(launcher, [launcher, "-n", str(workers), sys.executable, "-m", "rnngen",
-                        *without_option(argv, "--workers")])
+    sys.exit(supervise([launcher, "-n", str(workers), sys.executable, "-m", "rnngen",
+                        *without_option(argv, "--workers")], _output(argv)))
+
+
+def supervise(cmd: list[str], output: str = "model.npz") -> int:
+    """Run the job ``cmd`` (``rnngen train``: nothing on stdout) with what it prints passed on
+    to stderr, except that MPICH's banner about a rank that ended without a word (killed, or
+    crashed) becomes one line. Ctrl-C reaches the job through the terminal and SIGTERM is
+    passed on to it; this process waits for it to save and say how to resume. Returns the
+    job's exit status."""
+    import signal
+    import subprocess
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
+    try:
+        job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        signal.signal(signal.SIGTERM, lambda signum, frame: job.send_signal(signum))     # kill PID: the job's too
+        banner = []
+        for line in job.stdout:
+            if _in_banner(line, banner):
+                banner.append(line)
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        status = job.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    if banner:
+        sys.stderr.write(f"rnngen: error: a rank of the job ended without a word ({_banner_cause(banner)}); "
+                         f"the job stopped; its last checkpoint {output} is whole: go on with --resume {output}\n")
+    return status if status else (1 if banner else 0)
+
+
+def _output(argv: list[str]) -> str:
+    """The checkpoint a ``rnngen train`` command line writes (-o/--output, else model.npz)."""
+    for i, arg in enumerate(argv):
+        if arg in ("-o", "--output") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--output="):
+            return arg.partition("=")[2]
+    return "model.npz"
+
+
+def _in_banner(line: str, banner: list) -> bool:
+    """Is ``line`` part of MPICH's report of a bad termination (its '=' frame and the lines after)?"""
+    text = line.strip()
+    return text.startswith("=") or (bool(banner) and (not text or text.startswith(("YOUR APPLICATION", "This typically",
+                                                                                       "Please see"))))
+
+
+def _banner_cause(banner: list) -> str:
+    for line in banner:
+        text = line.strip(" =\n")
+        if text.startswith("YOUR APPLICATION TERMINATED WITH THE EXIT STRING:"):
+            return text.split(":", 1)[1].strip()
+        if text.startswith("EXIT CODE:"):
+            return "exit code " + text.split(":", 1)[1].strip()
+    return "see the launcher's log"
 
 
 # --- scoring a stream in pieces ------------------------------------------------------------

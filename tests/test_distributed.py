@@ -299,6 +299,30 @@ def test_a_killed_rank_ends_the_job_and_the_checkpoint_resumes(corpus, tmp_path)
 
 
 @needs_mpi
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the rank's process in /proc")
+def test_a_killed_rank_under_workers_is_one_line(corpus, tmp_path):
+    """--workers watches its job: MPICH's banner about a rank that died without a word
+    becomes one line naming the checkpoint to resume from."""
+    out = tmp_path / "m.npz"
+    cmd = [*rnngen_cmd(corpus, out, "--checkpoint-every", "0.05", "--max-steps", "100000", "--epochs", "1000"),
+           "--workers", "2"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_checkpoint(out, job)
+        time.sleep(0.3)
+        os.kill(rank_pid(job, 1), signal.SIGKILL)
+        stdout, stderr = job.communicate(timeout=30)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode != 0 and stdout == ""
+    assert "BAD TERMINATION" not in stderr and "=====" not in stderr, stderr
+    assert stderr.splitlines()[-1] == (f"rnngen: error: a rank of the job ended without a word (exit code 9); the "
+                                       f"job stopped; its last checkpoint {out} is whole: go on with --resume {out}")
+    assert_resumable(out, corpus)
+
+
+@needs_mpi
 def test_ctrl_c_saves_on_every_rank_and_prints_the_resume_command(corpus, tmp_path):
     """A terminal's Ctrl-C reaches mpiexec and every rank: the job stops at one step, rank 0
     saves and prints the command that resumes, once."""
