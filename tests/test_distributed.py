@@ -282,20 +282,30 @@ def rank_pid(job: subprocess.Popen, rank: int) -> int:
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the rank's process in /proc")
 def test_a_killed_rank_ends_the_job_and_the_checkpoint_resumes(corpus, tmp_path):
     out = tmp_path / "m.npz"
-    job = start_job(rnngen_cmd(corpus, out, "--checkpoint-every", "0.05", "--max-steps", "100000",
-                               "--epochs", "1000"), 2)
+    job = start_job(rnngen_cmd(corpus, out, *LONG_RUN), 2)
+    kill_rank_1_after_a_save(job, out)                  # ends within 10 s of the kill
+    assert job.returncode != 0
+    assert_resumable(out, corpus)
+
+
+# A run that goes on until it is stopped, saving all the time.
+LONG_RUN = ("--checkpoint-every", "0.05", "--max-steps", "100000", "--epochs", "1000")
+
+
+def kill_rank_1_after_a_save(job: subprocess.Popen, out) -> tuple[str, str]:
+    """kill -9 rank 1 of ``job`` once it has saved ``out``; what the job printed. The job
+    must end within 10 s of the kill."""
     try:
         wait_for_checkpoint(out, job)
         time.sleep(0.3)
         os.kill(rank_pid(job, 1), signal.SIGKILL)
         t0 = time.monotonic()
-        job.communicate(timeout=30)
+        printed = job.communicate(timeout=30)
         assert time.monotonic() - t0 < 10
-        assert job.returncode != 0
+        return printed
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-    assert_resumable(out, corpus)
 
 
 @needs_mpi
@@ -304,17 +314,9 @@ def test_a_killed_rank_under_workers_is_one_line(corpus, tmp_path):
     """--workers watches its job: MPICH's banner about a rank that died without a word
     becomes one line naming the checkpoint to resume from."""
     out = tmp_path / "m.npz"
-    cmd = [*rnngen_cmd(corpus, out, "--checkpoint-every", "0.05", "--max-steps", "100000", "--epochs", "1000"),
-           "--workers", "2"]
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for_checkpoint(out, job)
-        time.sleep(0.3)
-        os.kill(rank_pid(job, 1), signal.SIGKILL)
-        stdout, stderr = job.communicate(timeout=30)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+    job = subprocess.Popen([*rnngen_cmd(corpus, out, *LONG_RUN), "--workers", "2"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stdout, stderr = kill_rank_1_after_a_save(job, out)
     assert job.returncode != 0 and stdout == ""
     assert "BAD TERMINATION" not in stderr and "=====" not in stderr, stderr
     assert stderr.splitlines()[-1] == (f"rnngen: error: a rank of the job ended without a word (exit code 9); the "
@@ -327,8 +329,7 @@ def test_ctrl_c_saves_on_every_rank_and_prints_the_resume_command(corpus, tmp_pa
     """A terminal's Ctrl-C reaches mpiexec and every rank: the job stops at one step, rank 0
     saves and prints the command that resumes, once."""
     out = tmp_path / "m.npz"
-    job = start_job(rnngen_cmd(corpus, out, "--checkpoint-every", "0.05", "--max-steps", "100000",
-                               "--epochs", "1000"), 2)
+    job = start_job(rnngen_cmd(corpus, out, *LONG_RUN), 2)
     try:
         wait_for_checkpoint(out, job)
         time.sleep(0.3)

@@ -231,9 +231,13 @@ def test_bidirectional_model_prefers_agreement(both):
     assert r.stdout.splitlines()[0].split("\t")[1] == "run"
 
 
+def write_head(folder, lines: int = 300) -> None:
+    """c.txt: the first lines of the project corpus."""
+    (folder / "c.txt").write_text("\n".join((CORPUS / "train.txt").read_text().splitlines()[:lines]) + "\n")
+
+
 def test_train_bidirectional_is_deterministic(in_tmp):
-    head = "\n".join((CORPUS / "train.txt").read_text().splitlines()[:300]) + "\n"
-    (in_tmp / "c.txt").write_text(head)
+    write_head(in_tmp)
     args = ["train", "c.txt", "--bidirectional", "--cell", "gru", "--hidden", "8", "--epochs", "1", "--seed", "4",
             "--dropout", "0.2", "-q"]
     assert run(*args, "-o", "a.npz").exit_code == 0
@@ -250,8 +254,7 @@ def test_fill_lines_is_in_the_api():
 
 
 def test_train_bidirectional_resumes_where_it_stopped(in_tmp):
-    head = "\n".join((CORPUS / "train.txt").read_text().splitlines()[:300]) + "\n"
-    (in_tmp / "c.txt").write_text(head)
+    write_head(in_tmp)
     args = ["train", "c.txt", "--bidirectional", "--hidden", "8", "--epochs", "2", "--seed", "2", "--dropout", "0.1",
             "--batch-size", "8", "-q"]
     assert run(*args, "-o", "straight.npz").exit_code == 0
