@@ -769,15 +769,18 @@ def _is_checkpoint(path: str) -> bool:
 
 # The command line's arguments, for --workers to start the same command under mpiexec.
 _ARGV: list = [None]
+# Commands with nothing to share out over MPI ranks: under a launcher, rank 0 runs them once.
+ONE_PROCESS_COMMANDS = ("sample", "fill", "info", "plot")
 
 
 def main(argv=None) -> None:
     """Entry point: every expected failure becomes one line on stderr and a non-zero exit;
     under an MPI launcher, an error on any rank ends the whole job (distributed.run_rank)."""
     _ARGV[0] = list(sys.argv[1:] if argv is None else argv)
-    if distributed.launched_size() > 1:
+    command = next((arg for arg in _ARGV[0] if not arg.startswith("-")), None)
+    if distributed.launched_size() > 1 and command not in ONE_PROCESS_COMMANDS:
         distributed.run_rank(_main, argv)
-    else:
+    elif distributed.launched_rank() == 0:       # under a launcher, rank 0 alone runs the others
         _main(argv)
 
 

@@ -52,6 +52,14 @@ def launched_size(environ=os.environ) -> int:
     return 1
 
 
+def launched_rank(environ=os.environ) -> int:
+    """This process's rank from the MPI launcher's variables; 0 outside one."""
+    for rank, size in LAUNCHER_VARIABLES:
+        if rank in environ and size in environ:
+            return int(environ[rank])
+    return 0
+
+
 class World:
     """The job as one process sees it. This class is the job of a single process."""
 

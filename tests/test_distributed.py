@@ -193,6 +193,17 @@ def test_a_bidirectional_model_is_refused_by_a_job_in_one_line(corpus, tmp_path)
 
 
 @needs_mpi
+def test_commands_with_nothing_to_share_run_once_in_a_job(corpus, one_process):
+    """sample and info under mpiexec: rank 0 runs them, the other ranks print nothing."""
+    model = str(corpus / "one.npz")
+    sampled = run([sys.executable, "-m", "rnngen", "sample", "-m", model, "--n", "3", "--seed", "1"], 2)
+    alone = run([sys.executable, "-m", "rnngen", "sample", "-m", model, "--n", "3", "--seed", "1"])
+    assert sampled.returncode == 0 and sampled.stdout == alone.stdout and len(sampled.stdout.splitlines()) == 3
+    info = run([sys.executable, "-m", "rnngen", "info", model], 2)
+    assert info.returncode == 0 and info.stdout.count("blas ") == 1
+
+
+@needs_mpi
 def test_ranks_that_read_different_data_stop_with_one_line(corpus, tmp_path):
     (tmp_path / "other.txt").write_text("".join((corpus / "train.txt").read_text().splitlines(True)[:300]))
     first = rnngen_cmd(corpus, tmp_path / "m.npz")
