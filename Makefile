@@ -73,7 +73,7 @@ bench-memory: $(VENV)/.installed
 bench-mpi: $(VENV)/.dev-installed
 	$(PY) bench/mpi.py
 
-## bench-fill: fill-the-blank accuracy and speed on PTB, forward vs bidirectional (20+ min; BENCH_FILL_ARGS="--train-seconds 120" for a quick run)
+## bench-fill: fill-the-blank accuracy and speed on PTB, forward vs bidirectional (about 30 min; BENCH_FILL_ARGS="--train-seconds 120" for a quick run)
 bench-fill: $(VENV)/.installed
 	$(PY) bench/fill.py $(BENCH_FILL_ARGS)
 

@@ -14,7 +14,8 @@ The rest of rnngen uses only the names below.
 
 import os
 
-from .choice import Choice
+from . import mkl
+from .choice import Choice, cpu_name
 from .choice import current as chosen
 from .kernel_table import load_kernel_blas
 from .products import VML_MIN_SIZE, Packed, exp_in_place, matmul
@@ -22,7 +23,6 @@ from .threads import (
     apply_kernel_threads,
     auto_threads,
     give_threads,
-    given_threads,
     l2_cache_bytes,
     numpy_threads,
     recurrence_outgrows_cache,
@@ -39,25 +39,20 @@ def product_library() -> str:
 
 def describe() -> list[str]:
     """Lines for ``rnngen info``: the CPU, the libraries found, the one in use and why."""
-    import numpy as np
-
-    from . import choice as choosing
-    from . import mkl
+    import numpy as np  # here: the CLI imports this package at start-up, before it needs NumPy
 
     binding = mkl.load()
-    return [f"cpu         {choosing.cpu_name()}, {os.cpu_count()} cores",
+    return [f"cpu         {cpu_name()}, {os.cpu_count()} cores",
             f"numpy       {np.__version__} (its BLAS: OpenBLAS)",
             f"mkl         {binding.version if binding else 'not installed'}",
             f"blas        {chosen().describe().removeprefix('BLAS: ')}"]
 
 
 def mkl_installed() -> bool:
-    from . import mkl
-
     return mkl.installed()
 
 
 __all__ = ["Choice", "Packed", "VML_MIN_SIZE", "apply_kernel_threads", "auto_threads", "chosen", "describe",
-           "exp_in_place", "give_threads", "given_threads", "l2_cache_bytes", "load_kernel_blas", "matmul",
+           "exp_in_place", "give_threads", "l2_cache_bytes", "load_kernel_blas", "matmul",
            "mkl_installed", "numpy_threads", "product_library", "recurrence_outgrows_cache", "set_threads",
            "thread_count", "use_threads"]

@@ -77,36 +77,14 @@ def give_threads(threads: int, to_kernels: bool) -> None:
         openblas.set_threads("scipy", _kernel_threads)
 
 
-@contextlib.contextmanager
-def given_threads(threads: int, to_kernels: bool):
-    """:func:`give_threads` inside the block; both pools as before it afterwards."""
-    numpy_before, kernels_before = thread_count(), _kernel_threads
-    give_threads(threads, to_kernels)
-    try:
-        yield
-    finally:
-        _restore(numpy_before, kernels_before)
-
-
-def _restore(numpy_count: int, kernel_count: int) -> None:
-    global _kernel_threads
-    _kernel_threads = kernel_count
-    set_threads(numpy_count)
-    if "scipy" in sys.modules:
-        openblas.set_threads("scipy", kernel_count)
-
-
 def use_threads(count: int, job: str, hidden: int, gates: int, lines: int = 1) -> None:
     """Give ``count`` threads to the pool that does ``job``'s heavy products ("train",
     "score" or "sample" of ``lines`` lines): the kernels' when sampling one line (every
     product of the sampler runs in its kernel) or scoring with recurrent weights that outgrow
     a core's cache; NumPy's otherwise (sampling more lines then splits them over lanes, each
     kernel with its BLAS on one thread: :func:`rnngen.sample.sample_blocks`)."""
-    give_threads(count, kernels_take_threads(job, hidden, gates, lines))
-
-
-def kernels_take_threads(job: str, hidden: int, gates: int, lines: int = 1) -> bool:
-    return (job == "sample" and lines < 2) or (job == "score" and recurrence_outgrows_cache(hidden, gates))
+    give_threads(count, (job == "sample" and lines < 2)
+                 or (job == "score" and recurrence_outgrows_cache(hidden, gates)))
 
 
 def l2_cache_bytes(folder: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
