@@ -31,7 +31,7 @@ import numpy as np
 from .cloze import ClozeModel, group_by_length, lines_logprobs
 from .errors import RnngenError
 from .model import Model
-from .score import SentenceScore, chunked_logprobs
+from .score import SentenceScore, jobs_logprobs
 from .vocab import Vocab
 
 CANDIDATE_ROWS = 256     # candidates continued side by side through the right context
@@ -170,18 +170,16 @@ def exact_scores(model: Model, left: np.ndarray, right: np.ndarray, ids: np.ndar
     """log p(<eos> left w right <eos>) under a forward model for each w in ``ids``, up to the
     left context's own log-probability, shared by all: the left context is read once."""
     first, state = left_scores(model, left, eos)
-    scores = first[ids]
     targets_tail = np.concatenate((right, [eos])).astype(np.int32)
-    for a in range(0, len(ids), CANDIDATE_ROWS):
+    jobs = []
+    for a in range(0, len(ids), CANDIDATE_ROWS):          # one job: the output weights packed once
         block = ids[a:a + CANDIDATE_ROWS]
-        C = len(block)
-        inputs = np.empty((len(targets_tail), C), dtype=np.int32)
+        inputs = np.empty((len(targets_tail), len(block)), dtype=np.int32)
         inputs[0] = block
         inputs[1:] = right[:, None]
-        targets = np.repeat(targets_tail[:, None], C, axis=1)
-        lp, _ = chunked_logprobs(model, inputs, targets, np.repeat(state, C, axis=2))
-        scores[a:a + C] += lp.sum(axis=0)
-    return scores
+        jobs.append((inputs, np.repeat(targets_tail[:, None], len(block), axis=1),
+                     np.repeat(state, len(block), axis=2)))
+    return first[ids] + np.concatenate([lp.sum(axis=0) for lp in jobs_logprobs(model, jobs)])
 
 
 def pseudo_log_likelihood(model: ClozeModel, vocab: Vocab, lines: list[str],

@@ -54,6 +54,17 @@ def chunked_logprobs(model: Model, inputs: np.ndarray, targets: np.ndarray,
     return out, state
 
 
+def jobs_logprobs(model: Model, jobs: list[tuple], chunk: int = CHUNK) -> list[np.ndarray]:
+    """:func:`chunked_logprobs` of each (inputs, targets, state) in ``jobs``, run as one
+    scoring job: the lanes and the packed output weights serve them all."""
+    outs = [np.empty(inputs.shape, dtype=np.float64) for inputs, _, _ in jobs]
+    rows = sum(inputs.size for inputs, _, _ in jobs)
+    with _scoring_lanes(model, rows, sum(_chunks(*inputs.shape, chunk) for inputs, _, _ in jobs)) as lanes:
+        for (inputs, targets, state), out in zip(jobs, outs):
+            _queue_logprobs(model, inputs, targets, state, chunk, lanes, out)
+    return outs
+
+
 def _chunk_steps(B: int, chunk: int) -> int:
     """Time steps per forward call for B streams: at most ``chunk``, at most MAX_ROWS rows."""
     return max(1, min(chunk, MAX_ROWS // B))
