@@ -22,7 +22,6 @@ import math
 import os
 import stat
 import typing
-import uuid
 import zipfile
 from dataclasses import MISSING, dataclass, field, fields
 
@@ -31,7 +30,7 @@ import numpy as np
 from .cloze import build_model
 from .config import ModelConfig, TrainConfig
 from .errors import RnngenError
-from .files import replace_atomically
+from .files import replace_atomically, temp_name
 from .model import Model
 from .optim import optimizer_class
 from .vocab import Vocab
@@ -91,7 +90,7 @@ def save(path: str, ckpt: Checkpoint) -> None:
         if k != "meta" and not np.all(np.isfinite(v)):
             raise RnngenError(f"refusing to save {path}: {k} is not finite")
     try:
-        replace_atomically(path, _temp_name(path), lambda fh: np.savez(fh, **arrays))
+        replace_atomically(path, lambda fh: np.savez(fh, **arrays))
     except OSError as exc:
         raise RnngenError(f"cannot write {path}: {exc.strerror or exc} "
                           "(any previous checkpoint there is unchanged)") from None
@@ -106,7 +105,7 @@ def check_writable(path: str, size: int = 0) -> None:
         raise RnngenError(f"{path}: folder {folder} does not exist")
     if os.path.isdir(path):
         raise RnngenError(f"{path}: is a directory")
-    tmp = _temp_name(path)
+    tmp = temp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -121,12 +120,6 @@ def check_writable(path: str, size: int = 0) -> None:
     if size > free.f_bavail * free.f_frsize:
         raise RnngenError(f"{path}: {folder} has {free.f_bavail * free.f_frsize / 1e6:.1f} MB free, "
                           f"a checkpoint needs about {size / 1e6:.1f} MB")
-
-
-def _temp_name(path: str) -> str:
-    """``.<name>.<pid>-<random>.tmp`` next to ``path``: same file system, so the rename is atomic."""
-    folder, base = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{base}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
 
 
 def _remove_stale_temps(path: str) -> None:

@@ -409,7 +409,7 @@ def score(sentences, model_path, fmt, per_token, stream_path, lines_path, encodi
     exp(-PLL / tokens); JSONL names them "pseudo_logprob" and "pseudo_perplexity", and
     stderr says so.
     """
-    from .textio import decode_arg
+    from .textio import decode_arg, read_lines
 
     job = distributed.world()
     if not job.root and not stream_path and not lines_path:
@@ -420,7 +420,7 @@ def score(sentences, model_path, fmt, per_token, stream_path, lines_path, encodi
     if stream_path:
         batches = [[_stream_score(ckpt, stream_path, encoding_errors)]]
     elif lines_path:
-        batches = [distributed.score_lines_part(job, ckpt.model, ckpt.vocab, _file_lines(lines_path, encoding_errors),
+        batches = [distributed.score_lines_part(job, ckpt.model, ckpt.vocab, read_lines(lines_path, encoding_errors),
                                                 per_token)]
     elif sentences and sentences != ("-",):
         batches = [_argument_scores(ckpt, sentences, per_token, scorer)]
@@ -467,20 +467,6 @@ def _stream_score(ckpt, path: str, encoding_errors: str):
     logprob, count = stream_logprob(ckpt.model, ids) if job.size == 1 else distributed.stream_logprob_part(
         job, ckpt.model, ids)
     return SentenceScore(path, logprob, count, int((ids == ckpt.vocab.unk).sum()))
-
-
-def _file_lines(path: str, encoding_errors: str) -> list[str]:
-    """The lines of a text file (UTF-8; CRLF and a byte-order mark are fine)."""
-    try:
-        with open(path, "rb") as fh:
-            text = fh.read().decode("utf-8", errors=encoding_errors).removeprefix("\ufeff")
-    except OSError as exc:
-        raise RnngenError(f"{path}: {exc.strerror.lower()}") from None
-    except UnicodeDecodeError as exc:
-        raise RnngenError(f"{path}: not valid UTF-8 at byte offset {exc.start} "
-                          "(pass --encoding-errors replace to go on)") from None
-    lines = text.split("\n")
-    return [line.removesuffix("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]
 
 
 def _argument_scores(ckpt, sentences: tuple[str, ...], per_token: bool, score_lines):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 
 def fsync_folder(folder: str) -> None:
@@ -18,11 +19,18 @@ def fsync_folder(folder: str) -> None:
         pass
 
 
-def replace_atomically(path: str, tmp: str, write, text: bool = False) -> None:
-    """Put a new ``path`` in place in one step: ``write(fh)`` fills the temporary file
-    ``tmp`` (same folder, created here, mode as ``path``'s when it exists), which is fsynced
-    and renamed over ``path``. A crash at any moment leaves the old file whole; on any
-    failure ``tmp`` is removed and the error raised again."""
+def temp_name(path: str) -> str:
+    """``.<name>.<pid>-<random>.tmp`` next to ``path``: same file system, so the rename is atomic."""
+    folder, base = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{base}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def replace_atomically(path: str, write, text: bool = False) -> None:
+    """Put a new ``path`` in place in one step: ``write(fh)`` fills a temporary file
+    (:func:`temp_name`, mode as ``path``'s when it exists), which is fsynced and renamed
+    over ``path``. A crash at any moment leaves the old file whole; on any failure the
+    temporary file is removed and the error raised again."""
+    tmp = temp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # umask applies, unlike mkstemp
         with os.fdopen(fd, "w", encoding="utf-8", newline="") if text else os.fdopen(fd, "wb") as fh:

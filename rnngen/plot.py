@@ -19,10 +19,10 @@ import os
 from collections.abc import Sequence
 
 from .errors import RnngenError
+from .textplot import LOG_SCALE_SPAN
 
 X_AXES = ("time", "tokens", "epoch")
 INSTALL_HINT = "plotting needs matplotlib: pip install 'rnngen[plot]'"
-LOG_SCALE_SPAN = 3.0        # a y range wider than this ratio is drawn on a log scale
 _X_FIELDS = {"time": "train_seconds", "tokens": "tokens", "epoch": "epoch"}
 _TIME_UNITS = ((7200, 3600, "h"), (120, 60, "min"), (0, 1, "s"))   # (from max seconds, divisor, label)
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+# A range of values wider than this ratio is drawn on a log scale (here and by rnngen plot).
 LOG_SCALE_SPAN = 3.0
+
 _CHARS = {False: {"blocks": " ▁▂▃▄▅▆▇█", "inf": "∞", "nan": "?", "tick": "┤", "side": "│", "corner": "└",
                   "axis": "─", "best": "▲"},
           True: {"blocks": " ..::ooo#", "inf": "^", "nan": "?", "tick": "+", "side": "|", "corner": "+",
