@@ -62,7 +62,6 @@ import json
 import math
 import numbers
 import os
-import uuid
 from datetime import datetime, timezone
 
 from .errors import RnngenError
@@ -247,7 +246,7 @@ def _field(where: str, raw: dict, key: str, as_csv: bool):
     kind = _KINDS[key]
     try:
         return _CONVERT[kind](raw[key], as_csv)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):      # OverflowError: an int too large for a float
         shown = repr(raw[key]) if len(repr(raw[key])) <= 40 else repr(raw[key])[:37] + "..."
         raise RnngenError(f"{where}: {key} must be {_KIND_NAMES[kind]}, not {shown}") from None
 
@@ -384,10 +383,8 @@ def _kept(entries: list, tokens: int, markers: tuple[str, ...]) -> list:
 def _replace_file(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically: a temporary file in the same folder (same mode
     as the file it replaces), fsync, rename, fsync the folder."""
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     try:
-        replace_atomically(path, tmp, lambda fh: fh.write(text), text=True)
+        replace_atomically(path, lambda fh: fh.write(text), text=True)
     except OSError as exc:
         raise RnngenError(f"cannot rewrite {path}: {exc.strerror or exc} (the log is unchanged)") from None
 

@@ -241,6 +241,7 @@ BAD_JSONL = [
     (record_line(tokens=-3), "line 2: tokens must be a non-negative integer"),
     (record_line(tokens=1.5), "line 2: tokens must be a non-negative integer"),
     (record_line(lr="fast"), "line 2: lr must be a number, not 'fast'"),
+    (record_line(lr=10 ** 400), "line 2: lr must be a number"),           # too large for a float
     (record_line(valid_ppl=True), "line 2: valid_ppl must be a number or null"),
     (record_line(time="yesterday"), "line 2: time must be an ISO 8601 time"),
     (record_line(events=["start", "nap"]), "line 2: events must be a list of events"),
