@@ -384,7 +384,7 @@ def stream_logprob_part(w: World, model, ids, warmup: int = WARMUP) -> tuple[flo
     state = None
     if start > 0 and warmup > 0:
         before = np.asarray(ids[max(0, start - warmup):start], dtype=np.int32)
-        _, state = chunked_logprobs(model, _inputs(before), before[:, None])
+        _, _, state = model.hidden_forward(_inputs(before), model.zero_state(1))     # the layers only
     piece = np.asarray(ids[start:stop], dtype=np.int32)
     logprob = float(chunked_logprobs(model, _inputs(piece), piece[:, None], state)[0].sum()) if piece.size else 0.0
     total = w.allreduce(np.array([logprob, piece.size], dtype=np.float64))
