@@ -28,6 +28,7 @@ SOFTMAX_NAMES = ("full", "class")
 DIRECTIONS = ("forward", "bidirectional")         # a language model, or a cloze model (rnngen.cloze)
 OPTIMIZER_NAMES = ("sgd", "adagrad", "adam")
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
+MAX_DIRECT_ORDER = 6                              # longest n-gram of the maxent features
 
 
 def known_fields(cls, data: dict) -> dict:
@@ -81,6 +82,9 @@ class ModelConfig:
     classes: int = 0                                   # class softmax: 0 = about sqrt(vocab)
     class_bounds: list = field(default_factory=list)   # C+1 ids, filled from word counts
     direction: str = "forward"                         # "bidirectional": a cloze model (rnngen.cloze)
+    direct_order: int = 0                              # hashed n-gram maxent features (rnngen.maxent): n-gram
+                                                       # order, the predicted word included; 0 = none
+    direct_size: int = 0                               # their hashed weights: a power of two (0 = none)
 
     def __post_init__(self):
         if self.cell not in CELL_NAMES:
@@ -100,6 +104,12 @@ class ModelConfig:
             raise RnngenError(f"unknown softmax {self.softmax!r} (choose from {', '.join(SOFTMAX_NAMES)})")
         if self.direction not in DIRECTIONS:
             raise RnngenError(f"unknown direction {self.direction!r} (choose from {', '.join(DIRECTIONS)})")
+        if self.direct_order < 0 or self.direct_order == 1 or self.direct_order > MAX_DIRECT_ORDER:
+            raise RnngenError(f"--direct-order must be 0 (no n-gram features) or 2 to {MAX_DIRECT_ORDER}")
+        if self.direct_order and not (self.direct_size >= 1 and self.direct_size & (self.direct_size - 1) == 0):
+            raise RnngenError("--direct-size must be a power of two (e.g. 16M = 2**24)")
+        if self.direct_order and self.bidirectional:
+            raise RnngenError("n-gram features (--direct-order) work with forward models only")
         b = self.class_bounds
         if self.classes < 0:
             raise RnngenError("--classes must be at least 1 (or 0 for about sqrt(vocabulary))")
@@ -159,6 +169,8 @@ class ModelConfig:
         if self.softmax == "class":
             shapes["cls.W"] = (self.hidden, self.n_classes)
             shapes["cls.b"] = (self.n_classes,)
+        if self.direct_order:
+            shapes["direct"] = (self.direct_size,)
         return shapes
 
     def state_shape(self, batch: int) -> tuple[int, int, int, int]:
@@ -185,6 +197,7 @@ class TrainConfig:
     checkpoint_every: float = 600.0  # seconds between periodic checkpoints, 0 = only per epoch
     log_file: str = ""               # metrics log (rnngen.metrics), "" = none; kept so --resume appends to it
     log_every: float = 10.0          # seconds between the metrics log's periodic records, 0 = only at events
+    direct_lr: float = 0.1           # SGD learning rate of the n-gram maxent weights, per token; decays with lr
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZER_NAMES:
@@ -193,7 +206,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise RnngenError(f"--{name.replace('_', '-')} must be at least 1")
         for name in ("lr", "clip", "patience", "max_time", "max_steps", "checkpoint_every", "decay_after",
-                     "log_every"):
+                     "log_every", "direct_lr"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise RnngenError(f"--{name.replace('_', '-')} must be a non-negative number")
