@@ -24,6 +24,28 @@ SEED = click.IntRange(0, 2**63 - 1)
 FILE = click.Path()
 
 
+class Size(click.ParamType):
+    """A count of weights: 16777216, 2^24, 16M, 1G (K, M, G: powers of 2**10)."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper()
+        try:
+            if "^" in text:
+                base, power = text.split("^")
+                return int(base) ** int(power)
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            return int(text[:-1] if scale > 1 else text) * scale
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 16M, 2^24 or 16777216)", param, ctx)
+
+
+SIZE = Size()
+
+
 def model_option(f):
     return click.option("-m", "--model", "model_path", type=FILE, envvar="RNNGEN_MODEL", default="model.npz",
                         show_default=True, help=MODEL_HELP)(f)
@@ -119,7 +141,8 @@ def _options(*options):
 # keyword arguments, the model options ModelConfig's fields and the training options
 # TrainConfig's, under the same names.
 DATA_OPTIONS = ("valid_path", "valid_fraction", "unit", "lowercase", "vocab_size", "min_count", "encoding_errors")
-MODEL_OPTIONS = ("cell", "hidden", "layers", "embed", "activation", "dropout", "tie_weights", "softmax", "classes")
+MODEL_OPTIONS = ("cell", "hidden", "layers", "embed", "activation", "dropout", "tie_weights", "softmax", "classes",
+                 "direct_order", "direct_size")
 
 data_options = _options(
     click.option("-o", "--output", type=FILE, default="model.npz", show_default=True, help="Checkpoint to write."),
@@ -152,6 +175,12 @@ model_options = _options(
                       "vocabularies)."),
     click.option("--classes", type=click.IntRange(min=0), default=0,
                  help="Word classes for --softmax class (default: about sqrt(vocabulary))."),
+    click.option("--direct-order", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Hashed n-gram maximum-entropy features up to this n-gram order (RNNME's direct "
+                      "connections; 4 is usual); 0: none."),
+    click.option("--direct-size", type=SIZE, default=0,
+                 help="Hashed weights of the n-gram features: a power of two, e.g. 16M or 2^24 (default: "
+                      "from the corpus size, 1M to 32M)."),
 )
 training_options = _options(
     click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
@@ -182,6 +211,8 @@ training_options = _options(
     click.option("--log-every", type=click.FloatRange(min=0), default=10.0, show_default=True,
                  help="Seconds between the metrics log's records (it also writes one at each epoch's end; "
                       "0: only then)."),
+    click.option("--direct-lr", type=click.FloatRange(min=0), default=0.1, show_default=True,
+                 help="SGD learning rate of the n-gram features' weights, per token; it decays with --lr."),
     click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for initialisation and dropout."),
 )
 
@@ -672,6 +703,9 @@ def info(model_path):
         out.append("direction   bidirectional (cloze model: rnngen fill; score gives pseudo-log-likelihoods)")
     if cfg.softmax == "class":
         out.append(f"softmax     class-factored, {len(cfg.class_bounds) - 1} classes")
+    if cfg.direct_order:
+        out.append(f"n-grams     hashed maxent features up to order {cfg.direct_order}, {cfg.direct_size:,} weights "
+                   f"({cfg.direct_size * ckpt.model.dtype.itemsize / 2**20:.0f} MB)")
     out.append(f"vocabulary  {len(ckpt.vocab):,} {ckpt.vocab.unit}s{' (lowercased)' if ckpt.vocab.lowercase else ''}")
     out.append(f"parameters  {ckpt.model.num_params():,}")
     train = {k: v for k, v in ckpt.train.items() if k != "progress"}

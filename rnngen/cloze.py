@@ -77,9 +77,11 @@ class ClozeModel(Model):
         b, bcaches, _ = self.hidden_forward(back, zero, mb, "r")
         return f + b[::-1], ((inputs, fcaches, mf), (back, bcaches, mb))
 
-    def loss_and_grads(self, inputs, targets, state, masks=None, lanes: Lanes = SERIAL):
+    def loss_and_grads(self, inputs, targets, state, masks=None, lanes: Lanes = SERIAL, batch=None, before=None):
         """Summed NLL of every token of the lines, the gradients of (summed NLL / lines), and
-        ``state`` unchanged: both stacks start from zeros at each line's boundary."""
+        ``state`` unchanged: both stacks start from zeros at each line's boundary. ``batch``
+        and ``before`` (:meth:`Model.loss_and_grads`) do not apply: lines are not split over
+        ranks and a cloze model has no n-gram features."""
         T, B = targets.shape
         N = T * B
         with lanes:
@@ -189,6 +191,10 @@ class LineBatches:
         inputs[0] = self.eos
         inputs[1:] = targets[:-1]
         return inputs, targets
+
+    def before(self, i: int, n: int) -> None:
+        """No inputs before a batch of lines: a cloze model has no n-gram features."""
+        return None
 
 
 def group_by_length(lines: list[np.ndarray], batch: int = BATCH_LINES):

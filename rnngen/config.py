@@ -66,6 +66,13 @@ def frequency_classes(counts, n_classes: int) -> list[int]:
     return [int(b) for b in bounds]
 
 
+def default_direct_size(tokens: int, order: int) -> int:
+    """A hash size for n-gram features on ``tokens`` training tokens: the power of two at or
+    above 4 weights per (token, context order), between 2**20 and 2**25 (4 to 128 MB)."""
+    want = max(1, 4 * tokens * max(order - 1, 1))
+    return int(min(max(1 << (want - 1).bit_length(), 1 << 20), 1 << 25))
+
+
 @dataclass
 class ModelConfig:
     """Architecture. ``embed`` 0 means "same as hidden"."""
@@ -84,7 +91,7 @@ class ModelConfig:
     direction: str = "forward"                         # "bidirectional": a cloze model (rnngen.cloze)
     direct_order: int = 0                              # hashed n-gram maxent features (rnngen.maxent): n-gram
                                                        # order, the predicted word included; 0 = none
-    direct_size: int = 0                               # their hashed weights: a power of two (0 = none)
+    direct_size: int = 0                               # their hashed weights: a power of two (0 = by corpus size)
 
     def __post_init__(self):
         if self.cell not in CELL_NAMES:
@@ -106,7 +113,7 @@ class ModelConfig:
             raise RnngenError(f"unknown direction {self.direction!r} (choose from {', '.join(DIRECTIONS)})")
         if self.direct_order < 0 or self.direct_order == 1 or self.direct_order > MAX_DIRECT_ORDER:
             raise RnngenError(f"--direct-order must be 0 (no n-gram features) or 2 to {MAX_DIRECT_ORDER}")
-        if self.direct_order and not (self.direct_size >= 1 and self.direct_size & (self.direct_size - 1) == 0):
+        if self.direct_size and not (self.direct_size >= 1 and self.direct_size & (self.direct_size - 1) == 0):
             raise RnngenError("--direct-size must be a power of two (e.g. 16M = 2**24)")
         if self.direct_order and self.bidirectional:
             raise RnngenError("n-gram features (--direct-order) work with forward models only")
@@ -147,6 +154,12 @@ class ModelConfig:
         n = self.classes or max(1, round(math.sqrt(self.vocab_size)))
         return replace(self, class_bounds=frequency_classes(counts, n))
 
+    def with_direct_size(self, tokens: int) -> ModelConfig:
+        """For n-gram features without a hash size: :func:`default_direct_size` of the corpus."""
+        if not self.direct_order or self.direct_size:
+            return self
+        return replace(self, direct_size=default_direct_size(tokens, self.direct_order))
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's name and shape, in a fixed order: the embedding, each layer's
         (``l0.W_x``, ...), a bidirectional model's backward stack's (``r0.W_x``, ...), then
@@ -170,6 +183,8 @@ class ModelConfig:
             shapes["cls.W"] = (self.hidden, self.n_classes)
             shapes["cls.b"] = (self.n_classes,)
         if self.direct_order:
+            if not self.direct_size:
+                raise RnngenError("n-gram features need direct_size: use ModelConfig.with_direct_size(tokens)")
             shapes["direct"] = (self.direct_size,)
         return shapes
 

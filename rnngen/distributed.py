@@ -386,7 +386,10 @@ def stream_logprob_part(w: World, model, ids, warmup: int = WARMUP) -> tuple[flo
         before = np.asarray(ids[max(0, start - warmup):start], dtype=np.int32)
         _, _, state = model.hidden_forward(_inputs(before), model.zero_state(1))     # the layers only
     piece = np.asarray(ids[start:stop], dtype=np.int32)
-    logprob = float(chunked_logprobs(model, _inputs(piece), piece[:, None], state)[0].sum()) if piece.size else 0.0
+    n = model.history                                     # inputs before the piece's first (<eos>), for n-gram features
+    before = np.asarray(ids[max(0, start - 1 - n):max(0, start - 1)], dtype=np.int32)[:, None] if n else None
+    logprob = float(chunked_logprobs(model, _inputs(piece), piece[:, None], state, before=before)[0].sum()) \
+        if piece.size else 0.0
     total = w.allreduce(np.array([logprob, piece.size], dtype=np.float64))
     return float(total[0]), int(total[1])
 

@@ -163,7 +163,8 @@ def left_scores(model: Model, left: np.ndarray, eos: int = 0):
     """log p(w | <eos> left) over the vocabulary (V,), and the state after the left context."""
     inputs = np.concatenate(([eos], left)).astype(np.int32)[:, None]
     top, _, state = model.hidden_forward(inputs, model.zero_state(1))
-    return model.next_logprobs(top[-1]).reshape(-1).astype(np.float64), state
+    bases = model.contexts(inputs)
+    return model.next_logprobs(top[-1], None if bases is None else bases[-1]).reshape(-1).astype(np.float64), state
 
 
 def exact_scores(model: Model, left: np.ndarray, right: np.ndarray, ids: np.ndarray, eos: int = 0) -> np.ndarray:
@@ -171,14 +172,16 @@ def exact_scores(model: Model, left: np.ndarray, right: np.ndarray, ids: np.ndar
     left context's own log-probability, shared by all: the left context is read once."""
     first, state = left_scores(model, left, eos)
     targets_tail = np.concatenate((right, [eos])).astype(np.int32)
+    read = np.concatenate(([eos], left)).astype(np.int32)                # inputs before the candidate
+    before = read[max(0, len(read) - model.history):, None] if model.history else None
     jobs = []
     for a in range(0, len(ids), CANDIDATE_ROWS):          # one job: the output weights packed once
         block = ids[a:a + CANDIDATE_ROWS]
         inputs = np.empty((len(targets_tail), len(block)), dtype=np.int32)
         inputs[0] = block
         inputs[1:] = right[:, None]
-        jobs.append((inputs, np.repeat(targets_tail[:, None], len(block), axis=1),
-                     np.repeat(state, len(block), axis=2)))
+        jobs.append((inputs, np.repeat(targets_tail[:, None], len(block), axis=1), np.repeat(state, len(block), axis=2),
+                     None if before is None else np.repeat(before, len(block), axis=1)))
     return first[ids] + np.concatenate([lp.sum(axis=0) for lp in jobs_logprobs(model, jobs)])
 
 

@@ -333,6 +333,68 @@ def softmax_grad_rows(e, targets, scale, lo, hi, z):
             row[targets[i]] -= scale                               #      - scale y
 
 
+# --- hashed n-gram features (rnngen.maxent) --------------------------------------------
+
+MIX = 0x5851F42D4C957F2D       # odd multiplier of the hash (< 2**63: also an int64 in Numba)
+LOW62 = (1 << 62) - 1          # hash values kept to 62 bits: int64 in Numba and Python int agree
+
+
+@kernel
+def ngram_bases(words, mask, out):
+    """out[n-2] = base of the n-gram context words[0..n-2] for n = 2 .. len(out)+1; words[0]
+    is the newest input. Python ints and Numba's int64 give the same values (62-bit masks)."""
+    h = 0x2545F4914F6CDD1D
+    for j in range(out.shape[0]):
+        h = ((h ^ (int(words[j]) + 1)) * MIX) & LOW62            # fold in the next older word
+        out[j] = (h ^ (h >> 29)) & mask
+
+
+@kernel
+def context_bases(inputs, before, mask, out):
+    """Bases (T, B, K) of each position's contexts: inputs (T, B), before (K-1, B) the inputs
+    just before the chunk (oldest first)."""
+    T, B = inputs.shape
+    K = out.shape[2]
+    words = np.empty(K, dtype=np.int64)
+    for t in range(T):
+        for b in range(B):
+            for j in range(K):                                     # words[j] = x_{t-j}
+                words[j] = inputs[t - j, b] if t - j >= 0 else before[K - 1 + t - j, b]
+            ngram_bases(words, mask, out[t, b])
+
+
+@kernel(**LOOP_OPTIONS)
+def add_direct(logits, bases, direct, offset):
+    """logits[i, j] += sum_k d[(bases[i, k] + offset + j) mod |d|]."""
+    size = direct.shape[0]
+    width = logits.shape[1]
+    for i in range(logits.shape[0]):
+        row = logits[i]
+        for k in range(bases.shape[1]):
+            start = (bases[i, k] + offset) & (size - 1)
+            head = min(width, size - start)                       # up to the end of d, then from 0
+            for j in range(head):
+                row[j] += direct[start + j]
+            for j in range(head, width):
+                row[j] += direct[j - head]
+
+
+@kernel(**LOOP_OPTIONS)
+def sgd_direct(direct, bases, dlogits, offset, step):
+    """d[(bases[i, k] + offset + j) mod |d|] -= step * dlogits[i, j]: SGD on the hashed weights."""
+    size = direct.shape[0]
+    width = dlogits.shape[1]
+    for i in range(dlogits.shape[0]):
+        g = dlogits[i]
+        for k in range(bases.shape[1]):
+            start = (bases[i, k] + offset) & (size - 1)
+            head = min(width, size - start)
+            for j in range(head):
+                direct[start + j] -= step * g[j]
+            for j in range(head, width):
+                direct[j - head] -= step * g[j]
+
+
 # --- sampling -----------------------------------------------------------------------
 
 @kernel(**LOOP_OPTIONS)
@@ -438,14 +500,16 @@ RNN, LSTM, GRU = 0, 1, 2    # the ``cell`` codes of sample_lines
 
 @kernel(**LOOP_OPTIONS)
 def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W, cls_b, bounds,
-                 state0, first, eos, temperature, top_k, top_p, uniforms, generated):
+                 direct, read0, state0, first, eos, temperature, top_k, top_p, uniforms, generated):
     """Generate the lines of ``generated`` (m, max_length) side by side, all in this loop.
 
     Each step embeds the current tokens, steps every layer (layer weights stacked: W_x0 for
     layer 0, W_x[l-1] above it, W_h[l], b[l], b_hn[l] for the GRU), takes p(w | h) from the
     top layer (``bounds`` > 2 entries: class softmax) and draws the next token of line i
     with uniforms[i, t]. A line that draws ``eos`` leaves the batch. All lines start from
-    ``state0`` (layers, state parts, H) with input ``first``. Returns each line's length.
+    ``state0`` (layers, state parts, H) with input ``first``. With n-gram features
+    (``read0`` (K,) not empty: the inputs read so far, newest first, ``first`` included) the
+    logits add ``direct``'s weights (rnngen.maxent). Returns each line's length.
     """
     m, max_length = generated.shape
     L, H = W_h.shape[0], W_h.shape[1]
@@ -461,6 +525,12 @@ def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W
     hn = np.empty(H, dtype=dtype)
     lengths = np.full(m, max_length, dtype=np.int64)
     current = np.full(m, first, dtype=np.int64)
+    K = read0.shape[0]
+    read = np.empty((m, K), dtype=np.int64)                      # each line's last K inputs, newest first
+    for r in range(m):
+        read[r] = read0
+    bases = np.empty((1, K), dtype=np.int64)
+    V = out_W.shape[1]
     line = np.arange(m)                                 # the line each live row belongs to
     n = m
     for t in range(max_length):
@@ -484,8 +554,12 @@ def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W
         live = 0
         for r in range(n):
             logits[r] += out_b
+            cls_logits[r] += cls_b
+            if K > 0:
+                ngram_bases(read[r], direct.shape[0] - 1, bases[0])
+                add_direct(logits[r:r + 1], bases, direct, 0)           # + sum_n d[b_n + w]
+                add_direct(cls_logits[r:r + 1], bases, direct, V)
             if len(bounds) > 2:
-                cls_logits[r] += cls_b
                 class_logprobs(logits[r], cls_logits[r], bounds)
             token = sample_row(logits[r], temperature, top_k, top_p, uniforms[line[r], t])
             generated[line[r], t] = token
@@ -496,6 +570,10 @@ def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W
                 h[:, live] = h[:, r]
                 c[:, live] = c[:, r]
                 line[live] = line[r]
+            for j in range(K - 1, 0, -1):
+                read[live, j] = read[r, j - 1]
+            if K > 0:
+                read[live, 0] = token
             current[live] = token
             live += 1
         n = live

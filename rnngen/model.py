@@ -2,7 +2,8 @@
 
     e_t = E[x_t]                          (embedding lookup == onehot(x_t) E)
     h_t = cell(e_t, h_{t-1})              (one per layer; layer k's output is k+1's input)
-    o_t = softmax(h_t V + c)              (the whole chunk's logits are one matrix product)
+    o_t = softmax(h_t V + c + sum_n d[b_n + .])   (the whole chunk's logits are one matrix product;
+                                          the hashed n-gram features d are optional, rnngen.maxent)
 
 Training loss for a chunk is the summed negative log-likelihood of its targets divided by
 the batch size (Zaremba et al. 2014), so SGD with lr 1 and clip 5 matches their setup.
@@ -24,6 +25,8 @@ in the columns: 1 (RNN), 3 (GRU [r, z, n]), 4 (LSTM [i, f, g, o]).
     c         out.b                  (|V|,)         output bias
     V_C, c_C  cls.W, cls.b           (H, C), (C,)   class softmax: p(k | h) = softmax(h V_C + c_C)
     m_k       masks[k]               (T, B, D|H)    inverted-dropout masks: 0 or 1/keep
+    d         direct                 (size,)        hashed n-gram weights (rnngen.maxent)
+    b_n       bases[..., n-2]        (T, B, K)      hash of the n-gram context x_t .. x_{t-n+2}
     state     state                  (L, P, B, H)   carried between chunks: P = 1 [h], 2 [h, c]
 
 T steps per chunk, B streams, L layers, D the embedding size, H the hidden size, C the
@@ -38,6 +41,7 @@ from .cells import make_cell
 from .config import ModelConfig
 from .kernels import scatter_add_rows
 from .lanes import SERIAL, Lanes
+from .maxent import contexts, history
 from .rowgrad import RowGrad
 from .softmax import OUTPUTS
 
@@ -67,7 +71,8 @@ class Model:
                 p[f"l{layer}.{k}"] = v
             n_in = config.hidden
         for name, shape in config.output_shapes().items():
-            p[name] = (np.zeros(shape) if name.endswith(".b") else rng.uniform(-0.1, 0.1, shape)).astype(dtype)
+            zero = name.endswith(".b") or name == "direct"
+            p[name] = (np.zeros(shape) if zero else rng.uniform(-0.1, 0.1, shape)).astype(dtype)
         return cls(config, p)
 
     @property
@@ -109,21 +114,37 @@ class Model:
                 x = x * masks[layer + 1]
         return x, caches, new_state
 
-    def next_logprobs(self, top: np.ndarray) -> np.ndarray:
-        """log p(w | h) over the whole vocabulary for rows of top-layer states (N, H) -> (N, V)."""
-        return self.output.all_logprobs(self.params, top)
+    @property
+    def history(self) -> int:
+        """Inputs before a chunk that its n-gram contexts read (0 without n-gram features)."""
+        return history(self.config.direct_order)
 
-    def token_logprobs(self, inputs: np.ndarray, targets: np.ndarray, state: np.ndarray):
+    def contexts(self, inputs: np.ndarray, before: np.ndarray | None = None) -> np.ndarray | None:
+        """The n-gram context bases (T, B, K) of token ids (T, B) (:func:`rnngen.maxent.contexts`),
+        or None without n-gram features. ``before`` (history, B): the inputs before the chunk,
+        oldest first; None: the chunk starts a stream or a line (after ``<eos>``)."""
+        cfg = self.config
+        return contexts(inputs, cfg.direct_order, cfg.direct_size, before) if cfg.direct_order else None
+
+    def next_logprobs(self, top: np.ndarray, bases: np.ndarray | None = None) -> np.ndarray:
+        """log p(w | h) over the whole vocabulary for rows of top-layer states (N, H) -> (N, V);
+        ``bases`` (N, K): their n-gram contexts (:meth:`contexts`), with n-gram features."""
+        return self.output.all_logprobs(self.params, top, bases)
+
+    def token_logprobs(self, inputs: np.ndarray, targets: np.ndarray, state: np.ndarray, before=None):
         """log p(target | history) for each position (T, B), and the final state. No gradients."""
         top, _, new_state = self.hidden_forward(inputs, state)
-        return self.top_logprobs(top, targets), new_state
+        return self.top_logprobs(top, targets, self.contexts(inputs, before)), new_state
 
-    def top_logprobs(self, top: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """log p(target | top-layer state) for states (T, B, H) and targets (T, B)."""
+    def top_logprobs(self, top: np.ndarray, targets: np.ndarray, bases: np.ndarray | None = None) -> np.ndarray:
+        """log p(target | top-layer state) for states (T, B, H) and targets (T, B); ``bases``
+        (T, B, K): the positions' n-gram contexts, with n-gram features."""
         T, B = targets.shape
-        return self.output.logprobs(self.params, top.reshape(T * B, -1), targets.reshape(-1)).reshape(T, B)
+        flat = None if bases is None else bases.reshape(T * B, -1)
+        return self.output.logprobs(self.params, top.reshape(T * B, -1), targets.reshape(-1), flat).reshape(T, B)
 
-    def loss_and_grads(self, inputs, targets, state, masks=None, lanes: Lanes = SERIAL, batch: int | None = None):
+    def loss_and_grads(self, inputs, targets, state, masks=None, lanes: Lanes = SERIAL, batch: int | None = None,
+                       before: np.ndarray | None = None):
         """Summed NLL of the chunk, gradients of (summed NLL / batch), and the final state.
         The embedding's gradient is a :class:`rnngen.rowgrad.RowGrad` (only the chunk's tokens'
         rows) unless the weights are tied; ``np.asarray`` makes any gradient dense.
@@ -133,19 +154,24 @@ class Model:
         :meth:`dropout_masks`, or None for no dropout. ``lanes`` (:class:`rnngen.lanes.Lanes`)
         spreads the step over threads; by default it runs on the calling thread. ``batch`` is
         the batch size the loss is divided by (default: the chunk's B; a rank of a
-        data-parallel job passes the global batch's, see :mod:`rnngen.distributed`).
+        data-parallel job passes the global batch's, see :mod:`rnngen.distributed`). ``before``:
+        the inputs before the chunk, for the n-gram features (:meth:`contexts`); their
+        gradient "direct" is a :class:`rnngen.maxent.HashedGrad`.
         """
         T, B = inputs.shape
         scale = 1.0 / (batch or B)
         N = T * B
         p, cfg = self.params, self.config
+        bases = self.contexts(inputs, before)
+        bases = None if bases is None else bases.reshape(N, -1)
         with lanes:
             if lanes.count > 1 and cfg.softmax == "full" and T > 1:
                 caches, new_state, (logp, dtop, grads) = self._forward_in_halves(inputs, targets, state, masks, lanes,
-                                                                                   scale)
+                                                                                   scale, bases)
             else:
                 top, caches, new_state = self.hidden_forward(inputs, state, masks)
-                logp, dtop, grads = self.output.loss_grad(p, top.reshape(N, -1), targets.reshape(-1), scale, lanes)
+                logp, dtop, grads = self.output.loss_grad(p, top.reshape(N, -1), targets.reshape(-1), scale, lanes,
+                                                          bases)
             dx = dtop.reshape(T, B, -1)
             for layer in range(cfg.layers - 1, -1, -1):
                 if masks is not None:
@@ -168,7 +194,7 @@ class Model:
             grads["embed"] = np.ascontiguousarray(tied)
             scatter_add_rows(grads["embed"], ids, dx)
 
-    def _forward_in_halves(self, inputs, targets, state, masks, lanes: Lanes, scale: float):
+    def _forward_in_halves(self, inputs, targets, state, masks, lanes: Lanes, scale: float, bases=None):
         """The forward pass and the output layer of a training step on two lanes, the chunk's
         time steps in two halves: the worker runs layer l+1 on the first half while this
         thread runs layer l on the second, then the output layer of the first half while this
@@ -185,7 +211,8 @@ class Model:
         if masks is not None:
             xs[0] *= masks[0]
         xs += [out["h"] if masks is None else np.empty_like(out["h"]) for out in outs]
-        rows, result = self.output.loss_grad_rows(self.params, xs[L].reshape(T * B, -1), targets.reshape(-1), scale)
+        rows, result = self.output.loss_grad_rows(self.params, xs[L].reshape(T * B, -1), targets.reshape(-1), scale,
+                                                  bases)
         ahead = {}                                                 # layer -> its second half's x U + b
 
         def project_second_half(k):

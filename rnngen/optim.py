@@ -26,6 +26,9 @@ LOOP_OPTIONS = {**SUM_OPTIONS, "fastmath": SUM_OPTIONS["fastmath"] | {"nsz"}}
 # Arrays with at least this many values are updated and summed in one piece per lane: the
 # output layer's weights (hidden x vocabulary values) would otherwise keep one thread busy alone.
 SPLIT_MIN = 1 << 18
+# Parameters trained apart, by their own SGD inside the training step: the hashed n-gram
+# weights (rnngen.maxent), millions of values of which a step touches a few slices.
+APART = ("direct",)
 
 
 @kernel(**LOOP_OPTIONS)
@@ -124,13 +127,14 @@ class Optimizer:
     zero_is_no_op = True
 
     def __init__(self, params: dict[str, np.ndarray]):
-        self.state = {f"{k}.{slot}": np.zeros_like(v) for k, v in params.items() for slot in self.slots}
+        self.state = {f"{k}.{slot}": np.zeros_like(v) for k, v in params.items() if k not in APART
+                      for slot in self.slots}
         self.steps = 0
 
     @classmethod
     def state_shapes(cls, param_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
         """The names and shapes of ``state`` for parameters of these shapes, without making it."""
-        return {f"{k}.{slot}": shape for k, shape in param_shapes.items() for slot in cls.slots}
+        return {f"{k}.{slot}": shape for k, shape in param_shapes.items() if k not in APART for slot in cls.slots}
 
     def step(self, params, grads, lr: float, scale: float = 1.0, lanes: Lanes = SERIAL):
         """One update with the gradients multiplied by ``scale`` (the clipping factor); one
@@ -138,6 +142,8 @@ class Optimizer:
         self.steps += 1
         with lanes:
             for name, p in params.items():
+                if name in APART:
+                    continue
                 g = grads[name]
                 if isinstance(g, RowGrad) and self.zero_is_no_op:
                     lanes.submit(self.update_rows, name, p, g, lr, scale)

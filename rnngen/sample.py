@@ -65,15 +65,17 @@ def sample_blocks(model: Model, vocab: Vocab, n: int = 10, temperature: float = 
     lanes = shared_lanes(threads) if threads > 1 else SERIAL
     for start in range(0, n, BLOCK):
         uniforms = rng.random((min(BLOCK, n - start), max_length))      # line i draws with row i
-        block = _sample_block(model, primed, feed[-1], uniforms, vocab.eos,
+        block = _sample_block(model, primed, feed, uniforms, vocab.eos,
                               float(temperature), int(top_k), float(top_p), lanes)
         texts = [vocab.decode(ids) for ids in block]
         yield [sep.join(part for part in (prime, text) if part) if prime else text for text in texts]
 
 
-def _sample_block(model, primed, first, uniforms, eos, temperature, top_k, top_p, lanes: Lanes = SERIAL):
+def _sample_block(model, primed, read, uniforms, eos, temperature, top_k, top_p, lanes: Lanes = SERIAL):
     """Token ids of ``len(uniforms)`` lines (without <eos>), line i drawn with ``uniforms[i]``,
-    generated in one call of the sampling kernel per lane (each on a slice of the lines)."""
+    generated in one call of the sampling kernel per lane (each on a slice of the lines);
+    ``read``: the inputs so far (<eos>, the prime), the last one next."""
+    first = read[-1]
     cfg = model.config
     layers = [model.layer_params(layer) for layer in range(cfg.layers)]
     dtype, H = model.dtype, cfg.hidden
@@ -81,13 +83,17 @@ def _sample_block(model, primed, first, uniforms, eos, temperature, top_k, top_p
     b_hn = np.stack([lp.get("b_hn", np.zeros(H, dtype)) for lp in layers])
     W_h, b = np.stack([lp["W_h"] for lp in layers]), np.stack([lp["b"] for lp in layers])
     output, state0 = model.output.class_form(model.params), np.ascontiguousarray(primed[:, :, 0])
+    K = max(cfg.direct_order - 1, 0)
+    read0 = np.array((list(reversed(read)) + [0] * K)[:K], dtype=np.int64)   # newest first, <eos> before the start
+    direct = model.params.get("direct", np.zeros(1, dtype))
     m = len(uniforms)
     generated = np.zeros(uniforms.shape, dtype=np.int32)
     lengths = np.empty(m, dtype=np.int64)
 
     def lines(a, c):
         lengths[a:c] = sample_lines(CELL_CODES[cfg.cell], model.cell.relu, model.params["embed"], layers[0]["W_x"],
-                                    W_x, W_h, b, b_hn, *output, state0, first, eos, temperature, top_k, top_p,
+                                    W_x, W_h, b, b_hn, *output, direct, read0, state0, first, eos, temperature,
+                                    top_k, top_p,
                                     uniforms[a:c], generated[a:c])
 
     lanes.map_rows(lines, m)

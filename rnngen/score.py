@@ -43,25 +43,27 @@ class SentenceScore:
 
 
 def chunked_logprobs(model: Model, inputs: np.ndarray, targets: np.ndarray,
-                     state: np.ndarray | None = None, chunk: int = CHUNK):
+                     state: np.ndarray | None = None, chunk: int = CHUNK, before: np.ndarray | None = None):
     """log p(targets | inputs so far) for (T, B) id arrays, carrying the state through
-    chunks of ``chunk`` steps. Returns ((T, B) float64 log-probs, final state)."""
+    chunks of ``chunk`` steps. ``before``: the inputs before these, for n-gram features
+    (:meth:`Model.contexts`; None: ``<eos>``). Returns ((T, B) float64 log-probs, final state)."""
     T, B = inputs.shape
     state = model.zero_state(B) if state is None else state
     out = np.empty((T, B), dtype=np.float64)
     with _scoring_lanes(model, T * B, _chunks(T, B, chunk)) as lanes:
-        state = _queue_logprobs(model, inputs, targets, state, chunk, lanes, out)
+        state = _queue_logprobs(model, inputs, targets, state, chunk, lanes, out, before=before)
     return out, state
 
 
 def jobs_logprobs(model: Model, jobs: list[tuple], chunk: int = CHUNK) -> list[np.ndarray]:
-    """:func:`chunked_logprobs` of each (inputs, targets, state) in ``jobs``, run as one
-    scoring job: the lanes and the packed output weights serve them all."""
-    outs = [np.empty(inputs.shape, dtype=np.float64) for inputs, _, _ in jobs]
-    rows = sum(inputs.size for inputs, _, _ in jobs)
-    with _scoring_lanes(model, rows, sum(_chunks(*inputs.shape, chunk) for inputs, _, _ in jobs)) as lanes:
-        for (inputs, targets, state), out in zip(jobs, outs):
-            _queue_logprobs(model, inputs, targets, state, chunk, lanes, out)
+    """:func:`chunked_logprobs` of each (inputs, targets, state[, before]) in ``jobs``, run
+    as one scoring job: the lanes and the packed output weights serve them all."""
+    outs = [np.empty(job[0].shape, dtype=np.float64) for job in jobs]
+    rows = sum(job[0].size for job in jobs)
+    with _scoring_lanes(model, rows, sum(_chunks(*job[0].shape, chunk) for job in jobs)) as lanes:
+        for job, out in zip(jobs, outs):
+            inputs, targets, state = job[:3]
+            _queue_logprobs(model, inputs, targets, state, chunk, lanes, out, before=job[3] if len(job) > 3 else None)
     return outs
 
 
@@ -106,30 +108,34 @@ def _packed_output(model: Model, rows: int):
 
 
 def _queue_logprobs(model: Model, inputs, targets, state, chunk: int, lanes: Lanes, out,
-                    lengths: np.ndarray | None = None) -> np.ndarray:
+                    lengths: np.ndarray | None = None, before: np.ndarray | None = None) -> np.ndarray:
     """The layers of :func:`chunked_logprobs` here, chunk by chunk; each chunk's output
     layer queued on ``lanes`` in pieces that write into ``out`` (complete once the lanes are
     drained). With ``lengths`` (B,), column j is scored only at its first lengths[j] time
     steps: the output layer skips the padding, whose ``out`` is left unwritten. Returns the
-    final state."""
+    final state. ``before``: see :func:`chunked_logprobs`."""
     T, B = inputs.shape
     steps = _chunk_steps(B, chunk)
+    bases = model.contexts(inputs, before)
     for a in range(0, T, steps):
         b = min(a + steps, T)
         top, _, state = model.hidden_forward(inputs[a:b], state)
         for s, e in lanes.split(b - a):
             scored = None if lengths is None else np.arange(a + s, a + e)[:, None] < lengths
-            lanes.submit(_write_logprobs, model, top[s:e], targets[a + s:a + e], out[a + s:a + e], scored)
+            lanes.submit(_write_logprobs, model, top[s:e], targets[a + s:a + e], out[a + s:a + e], scored,
+                         None if bases is None else bases[a + s:a + e])
         lanes.catch_up(keep=2 * lanes.count)               # at most two chunks ahead of the worker
     return state
 
 
-def _write_logprobs(model: Model, top, targets, out, scored=None) -> None:
-    """log p(target) into ``out`` for (T, B) rows of top-layer states; only where ``scored``."""
+def _write_logprobs(model: Model, top, targets, out, scored=None, bases=None) -> None:
+    """log p(target) into ``out`` for (T, B) rows of top-layer states; only where ``scored``.
+    ``bases`` (T, B, K): the rows' n-gram contexts, with n-gram features."""
     if scored is None or scored.all():
-        out[...] = model.top_logprobs(top, targets)
+        out[...] = model.top_logprobs(top, targets, bases)
     elif scored.any():
-        out[scored] = model.output.logprobs(model.params, top[scored], targets[scored])
+        out[scored] = model.output.logprobs(model.params, top[scored], targets[scored],
+                                            None if bases is None else np.ascontiguousarray(bases[scored]))
 
 
 def stream_logprob(model: Model, ids: np.ndarray) -> tuple[float, int]:

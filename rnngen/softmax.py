@@ -17,8 +17,9 @@ import numpy as np
 from .blas import Packed, exp_in_place, matmul
 from .config import frequency_classes as frequency_classes  # re-exported: it was defined here
 from .jit import interpreting
-from .kernels import row_sums, softmax_grad_rows, softmax_xent_rows
+from .kernels import add_direct, row_sums, softmax_grad_rows, softmax_xent_rows
 from .lanes import SERIAL, Lanes
+from .maxent import HashedGrad
 
 
 def _exp_shifted(logits: np.ndarray, targets: np.ndarray, logits_of=None, scale=None):
@@ -122,33 +123,41 @@ class FullSoftmax:
         finally:
             self._frozen = before
 
-    def _logits(self, p, top):
-        """h V + c for rows h of ``top``; also [h, 1] when out.W and out.b are stacked."""
+    def _logits(self, p, top, bases=None):
+        """h V + c (+ the n-gram features of ``bases``, :mod:`rnngen.maxent`) for rows h of
+        ``top``; also [h, 1] when out.W and out.b are stacked."""
         right, frozen = self._right(p), self._frozen
         product = frozen.matmul if frozen is not None and _same_array(frozen.b, right) else lambda a: matmul(a, right)
         if _stacked(p) is None:
             out = product(top)
             out += p["out.b"]
-            return out, None
-        h1 = np.empty((len(top), right.shape[0]), dtype=top.dtype)
-        h1[:, :-1] = top
-        h1[:, -1] = 1.0
-        return product(h1), h1
+            h1 = None
+        else:
+            h1 = np.empty((len(top), right.shape[0]), dtype=top.dtype)
+            h1[:, :-1] = top
+            h1[:, -1] = 1.0
+            out = product(h1)
+        if bases is not None:
+            add_direct(out, bases, p["direct"], 0)                      # + sum_n d[b_n + w]
+        return out, h1
 
-    def logprobs(self, p, top, targets):
-        return log_softmax_pick(self._logits(p, top)[0], targets, lambda rows: self._logits(p, top[rows])[0])
+    def logprobs(self, p, top, targets, bases=None):
+        """log p(target | h) for rows of ``top``; ``bases`` (rows, K): n-gram contexts or None."""
+        return log_softmax_pick(self._logits(p, top, bases)[0], targets,
+                                lambda rows: self._logits(p, top[rows], _rows(bases, rows))[0])
 
-    def all_logprobs(self, p, top):
-        return log_softmax(self._logits(p, top)[0])
+    def all_logprobs(self, p, top, bases=None):
+        return log_softmax(self._logits(p, top, bases)[0])
 
-    def loss_grad(self, p, top, targets, scale, lanes: Lanes = SERIAL):
+    def loss_grad(self, p, top, targets, scale, lanes: Lanes = SERIAL, bases=None):
         """(log p[target] per row, dL/dtop, gradients) for L = -scale * sum log p, the rows
-        split over ``lanes`` (see :meth:`loss_grad_rows`)."""
-        rows, result = self.loss_grad_rows(p, top, targets, scale)
+        split over ``lanes`` (see :meth:`loss_grad_rows`). With n-gram contexts ``bases``
+        the gradients hold "direct", a :class:`rnngen.maxent.HashedGrad`."""
+        rows, result = self.loss_grad_rows(p, top, targets, scale, bases)
         lanes.map_rows(rows, len(top))
         return result(lanes)
 
-    def loss_grad_rows(self, p, top, targets, scale):
+    def loss_grad_rows(self, p, top, targets, scale, bases=None):
         """:meth:`loss_grad` in pieces: ``rows(a, b)`` does rows a..b of ``top`` (any order,
         any thread, once each row of ``top`` is final), then ``result(lanes)`` returns what
         loss_grad returns. It leaves the weight gradient [h, 1]^T dlogits to ``lanes`` as side
@@ -168,8 +177,10 @@ class FullSoftmax:
             else:
                 matmul(top[a:b], W, out=dlogits[a:b])
                 dlogits[a:b] += p["out.b"]
+            if bases is not None:
+                add_direct(dlogits[a:b], bases[a:b], p["direct"], 0)            # + sum_n d[b_n + w]
             logp[a:b] = softmax_xent_grad(dlogits[a:b], targets[a:b], scale,     # do = s(softmax(o) - y)
-                                          lambda r: self._logits(p, top[a:b][r])[0])
+                                          lambda r: self._logits(p, top[a:b][r], _rows(bases, slice(a, b), r))[0])
             matmul(dlogits[a:b], W.T, out=dtop[a:b])                             # dh = do V^T
 
         def result(lanes: Lanes):
@@ -177,6 +188,9 @@ class FullSoftmax:
             for a, b in lanes.split(V, per_lane=4):
                 lanes.submit(matmul, h1.T, dlogits[:, a:b], d_stacked[:, a:b])     # [dV; dc] = [h, 1]^T do
             grads = {"out.b": d_stacked[-1]}
+            if bases is not None:
+                grads["direct"] = HashedGrad(p["direct"].size, top.dtype)
+                grads["direct"].add(bases, dlogits)                            # dd = do at each b_n + w
             if self.tied:
                 grads["embed"] = d_stacked[:-1].T
             else:
@@ -184,6 +198,15 @@ class FullSoftmax:
             return logp, dtop, grads
 
         return rows, result
+
+
+def _rows(bases, *index):
+    """``bases`` indexed by each of ``index`` in turn, or None without n-gram features."""
+    if bases is None:
+        return None
+    for i in index:
+        bases = bases[i]
+    return np.ascontiguousarray(bases)
 
 
 def _stacked(p):
@@ -222,29 +245,45 @@ class ClassSoftmax(FullSoftmax):
         starts = np.concatenate(([0], np.cumsum(counts)))
         return cls, [(c, order[starts[c]:starts[c + 1]]) for c in np.flatnonzero(counts)]
 
-    def logprobs(self, p, top, targets):
+    def _class_logits(self, p, top, bases):
+        """h V_C + c_C (+ n-gram features: the columns after the vocabulary's)."""
+        out = top @ p["cls.W"] + p["cls.b"]
+        if bases is not None:
+            add_direct(out, bases, p["direct"], len(self.word_class))
+        return out
+
+    def _word_logits(self, p, h, s, e, bases):
+        """h V[:, s:e] + c[s:e] (+ n-gram features) for the words s..e-1 of one class."""
+        out = h @ self.weight(p)[:, s:e] + p["out.b"][s:e]
+        if bases is not None:
+            add_direct(out, bases, p["direct"], s)
+        return out
+
+    def logprobs(self, p, top, targets, bases=None):
         cls, groups = self._groups(targets)
-        logp = log_softmax_pick(top @ p["cls.W"] + p["cls.b"], cls)      # log p(class | h)
-        W = self.weight(p)
+        logp = log_softmax_pick(self._class_logits(p, top, bases), cls)      # log p(class | h)
         for c, rows in groups:
             s, e = self.bounds[c], self.bounds[c + 1]
-            logits = top[rows] @ W[:, s:e] + p["out.b"][s:e]
+            logits = self._word_logits(p, top[rows], s, e, _rows(bases, rows))
             logp[rows] += log_softmax_pick(logits, targets[rows] - s)   # + log p(w | class, h)
         return logp
 
-    def all_logprobs(self, p, top):
-        out = top @ self.weight(p) + p["out.b"]
-        cls_logp = log_softmax(top @ p["cls.W"] + p["cls.b"])
+    def all_logprobs(self, p, top, bases=None):
+        out = self._word_logits(p, top, 0, len(self.word_class), bases)
+        cls_logp = log_softmax(self._class_logits(p, top, bases))
         for c in range(self.n_classes):
             s, e = self.bounds[c], self.bounds[c + 1]
             out[:, s:e] = log_softmax(out[:, s:e]) + cls_logp[:, c:c + 1]
         return out
 
-    def loss_grad(self, p, top, targets, scale, lanes: Lanes = SERIAL):
+    def loss_grad(self, p, top, targets, scale, lanes: Lanes = SERIAL, bases=None):
         """As FullSoftmax.loss_grad, on the calling thread alone: its products are per class."""
         cls, groups = self._groups(targets)
-        dcls = top @ p["cls.W"] + p["cls.b"]
+        dcls = self._class_logits(p, top, bases)
         logp = softmax_xent_grad(dcls, cls, scale)
+        hashed = None if bases is None else HashedGrad(p["direct"].size, top.dtype)
+        if hashed is not None:
+            hashed.add(bases, dcls, len(self.word_class))
         dtop = dcls @ p["cls.W"].T
         W = self.weight(p)
         d_w = np.empty_like(W)                 # written class by class: no pass to zero it first
@@ -253,18 +292,22 @@ class ClassSoftmax(FullSoftmax):
         for c, rows in groups:
             s, e = self.bounds[c], self.bounds[c + 1]
             h = top[rows]
-            dlogits = h @ W[:, s:e] + p["out.b"][s:e]
+            dlogits = self._word_logits(p, h, s, e, _rows(bases, rows))
             word_logp = np.empty(len(rows))
             softmax_xent_rows(dlogits, targets[rows] - s, scale, word_logp)
             logp[rows] += word_logp                                   # + log p(w | class, h)
             np.matmul(h.T, dlogits, out=d_w[:, s:e])
             np.sum(dlogits, axis=0, out=d_b[s:e])
             dtop[rows] += dlogits @ W[:, s:e].T
+            if hashed is not None:
+                hashed.add(_rows(bases, rows), dlogits, s)
             absent[c] = False
         for c in np.flatnonzero(absent):        # classes no target fell in: zero gradient
             d_w[:, self.bounds[c]:self.bounds[c + 1]] = 0
             d_b[self.bounds[c]:self.bounds[c + 1]] = 0
         grads = {"out.b": d_b, "cls.W": top.T @ dcls, "cls.b": dcls.sum(axis=0)}
+        if hashed is not None:
+            grads["direct"] = hashed
         if self.tied:
             grads["embed"] = d_w.T
         else:

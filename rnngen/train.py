@@ -112,6 +112,9 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
 def _training_data(train_ids: np.ndarray, config: TrainConfig, model_config: ModelConfig, world: dist.World):
     """The chunks of the stream (a language model), or batches of whole lines (a cloze model,
     :class:`rnngen.cloze.LineBatches`, lines longer than ``bptt`` cut into windows)."""
+    if model_config.direct_order and world.size > 1:
+        raise RnngenError("n-gram features (--direct-order) train in one process: their hashed weights "
+                          "are not shared over MPI ranks")
     if model_config.bidirectional:
         if world.size > 1:
             raise RnngenError("a bidirectional model trains in one process: its batches of whole lines "
@@ -137,7 +140,8 @@ def _train_epoch(run: Run, data: Chunks | LineBatches, config: TrainConfig, lane
         x, y = data.chunk(p.chunk)
         masks = run.model.dropout_masks(run.rng, *x.shape) if run.model.config.dropout > 0 else None
         step = train_step(run.model, run.optim, x, y, run.state, p.lr, config.clip, masks, lanes, world,
-                          shared.controls(signals, saved))
+                          shared.controls(signals, saved), data.before(p.chunk, run.model.history),
+                          config.direct_lr * p.lr / config.lr)
         if not step.finite:
             saved.rollback.restore(run, f"loss {step.nll / x.size:.4g} per token, "
                                         f"gradient norm {step.norm:.4g} at step {p.step + 1}")
@@ -171,7 +175,8 @@ class Step(NamedTuple):
 
 def train_step(model: Model, optim: Optimizer, x: np.ndarray, y: np.ndarray, state: np.ndarray, lr: float,
                clip: float, masks: list[np.ndarray] | None = None, lanes: Lanes = SERIAL,
-               world: dist.World = dist.SINGLE, controls: np.ndarray | None = None) -> Step:
+               world: dist.World = dist.SINGLE, controls: np.ndarray | None = None,
+               before: np.ndarray | None = None, direct_lr: float = 0.0) -> Step:
     """One step of truncated BPTT on a chunk: inputs ``x`` and targets ``y`` (token ids,
     (T, B)) from the recurrent ``state``; the gradients, their global norm, the clipping
     factor that brings it down to ``clip`` (0: none), and the optimiser's update at learning
@@ -182,7 +187,11 @@ def train_step(model: Model, optim: Optimizer, x: np.ndarray, y: np.ndarray, sta
     In a job of several ranks (``world``), ``x``, ``y`` and ``masks`` are the global batch's
     and ``state`` this rank's streams' (:meth:`World.part`): the rank computes the gradients
     of its streams, one all-reduce adds them up with ``controls``, and every rank then takes
-    the same norm and makes the same update (:func:`rnngen.distributed.reduce_step`)."""
+    the same norm and makes the same update (:func:`rnngen.distributed.reduce_step`).
+
+    With n-gram features, ``before`` holds the inputs before the chunk (:meth:`Model.contexts`)
+    and their hashed weights take an SGD step of ``direct_lr`` per token, apart from the
+    optimiser and the clipping (:mod:`rnngen.maxent`)."""
     if world.size > 1:
         part = world.part(x.shape[1])
         nll, grads, new_state = model.loss_and_grads(
@@ -190,11 +199,14 @@ def train_step(model: Model, optim: Optimizer, x: np.ndarray, y: np.ndarray, sta
             None if masks is None else [np.ascontiguousarray(m[:, part]) for m in masks], lanes, batch=x.shape[1])
         nll, grads, controls = dist.reduce_step(world, nll, grads, x, controls)
     else:
-        nll, grads, new_state = model.loss_and_grads(x, y, state, masks, lanes)
+        nll, grads, new_state = model.loss_and_grads(x, y, state, masks, lanes, before=before)
+    hashed = grads.pop("direct", None)
     norm = global_norm(grads, lanes)
     finite = math.isfinite(norm) and _ppl(nll, x.size) < math.inf
     if finite:
         optim.step(model.params, grads, lr, clip_scale(norm, clip), lanes)
+        if hashed is not None:
+            hashed.sgd(model.params["direct"], direct_lr * x.shape[1])     # gradients are per batch: lr per token
     return Step(nll, norm, new_state, finite, controls)
 
 
@@ -543,6 +555,7 @@ def _fit_batch_size(config: TrainConfig, n_tokens: int, log: Callable[[str], Non
 
 def _new_run(model_config: ModelConfig, config: TrainConfig, train_ids: np.ndarray) -> Run:
     model_config = model_config.with_classes(token_counts(train_ids, model_config.vocab_size))
+    model_config = model_config.with_direct_size(len(train_ids))
     model = init_model(model_config, seed=config.seed)
     return Run(model, make_optimizer(config.optimizer, model.params), model.zero_state(config.batch_size),
                np.random.default_rng(config.seed + 1), Progress(lr=config.lr, data=fingerprint(train_ids)))
@@ -633,6 +646,17 @@ class Chunks(NamedTuple):
         """Chunk ``i``'s inputs and targets, (T, B) each."""
         start, stop = i * self.bptt, (i + 1) * self.bptt
         return time_major(self.inputs, start, stop), time_major(self.targets, start, stop)
+
+    def before(self, i: int, n: int) -> np.ndarray | None:
+        """The ``n`` inputs before chunk ``i`` (n, B), oldest first, ``<eos>`` before the
+        rows' starts: what the n-gram features of its first steps read. None when n is 0."""
+        if n == 0:
+            return None
+        start = i * self.bptt
+        out = np.zeros((n, self.inputs.shape[0]), dtype=np.int32)
+        have = min(n, start)
+        out[n - have:] = time_major(self.inputs, start - have, start)
+        return out
 
 
 # Ids a whole-stream pass takes at a time, so that it makes no copy of the (maybe memory-mapped) stream.

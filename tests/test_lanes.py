@@ -113,9 +113,9 @@ def test_training_on_two_lanes_is_reproducible_and_matches_one(tmp_path, monkeyp
     counts = []
     real_step = Model.loss_and_grads
 
-    def step(self, inputs, targets, state, masks=None, lanes=SERIAL):
+    def step(self, inputs, targets, state, masks=None, lanes=SERIAL, **more):
         counts.append(lanes.count)
-        return real_step(self, inputs, targets, state, masks, lanes)
+        return real_step(self, inputs, targets, state, masks, lanes, **more)
 
     monkeypatch.setattr(Model, "loss_and_grads", step)
     one = _train(tmp_path, "1")

@@ -129,8 +129,8 @@ def test_lines_that_end_early_leave_the_others_intact(cell, layers, softmax, lan
     batch) before others."""
     model, vocab = built(cell, layers, softmax)
     u = np.random.default_rng(2).random((40, 12))
-    together = _sample_block(model, model.zero_state(1), vocab.eos, u, vocab.eos, 1.0, 0, 1.0, Lanes(lanes))
+    together = _sample_block(model, model.zero_state(1), [vocab.eos], u, vocab.eos, 1.0, 0, 1.0, Lanes(lanes))
     assert sum(len(ids) < 12 for ids in together) >= 5
-    alone = [_sample_block(model, model.zero_state(1), vocab.eos, u[i:i + 1], vocab.eos, 1.0, 0, 1.0)[0]
+    alone = [_sample_block(model, model.zero_state(1), [vocab.eos], u[i:i + 1], vocab.eos, 1.0, 0, 1.0)[0]
              for i in range(40)]
     assert_same_draws(model, vocab.eos, alone, together, u)          # exact but for draws on a boundary

@@ -26,7 +26,7 @@ def test_a_step_with_a_non_finite_loss_changes_nothing(monkeypatch):
     optim = make_optimizer("adam", model.params)
     before = {k: v.copy() for k, v in model.params.items()}
     real = Model.loss_and_grads
-    monkeypatch.setattr(Model, "loss_and_grads", lambda self, *a: (float("nan"), *real(self, *a)[1:]))
+    monkeypatch.setattr(Model, "loss_and_grads", lambda self, *a, **k: (float("nan"), *real(self, *a, **k)[1:]))
     ids = np.zeros((4, 2), dtype=np.int32)
     step = train_step(model, optim, ids[:-1], ids[1:], model.zero_state(2), 0.1, 5.0)
     assert not step.finite and optim.steps == 0
