@@ -474,6 +474,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile-time", action="store_true", help="skip the first-ever compile measurement")
     ap.add_argument("--json", type=Path, help="results file (default: bench/results/ttp-CORPUS-STAMP.json)")
     ap.add_argument("--plot", type=Path, help="picture (default: docs/ttp-CORPUS.png)")
+    ap.add_argument("--work", type=Path, help="models, logs and outputs (default: bench/results/ttp-CORPUS-STAMP/)")
     ap.add_argument("--report", type=Path, metavar="FILE", help="print a saved run's table and redraw its picture")
     args = ap.parse_args(argv)
 
@@ -501,7 +502,7 @@ def main(argv=None) -> int:
     train, valid, binary = train.resolve(), valid.resolve(), binary.resolve()
     budgets, best = args.budgets, parse_best(args.best)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    work = RESULTS_DIR / f"ttp-{args.corpus}-{stamp}"
+    work = args.work or RESULTS_DIR / f"ttp-{args.corpus}-{stamp}"
     work.mkdir(parents=True, exist_ok=True)
     json_path = args.json or RESULTS_DIR / f"ttp-{args.corpus}-{stamp}.json"
     plot_path = args.plot or ROOT / "docs" / f"ttp-{args.corpus}.png"
