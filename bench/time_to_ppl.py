@@ -385,13 +385,14 @@ def report(results: dict) -> str:
 def plot(results: dict, path: Path) -> bool:
     try:
         import matplotlib
+        import matplotlib.ticker
     except ImportError:
         print("bench: no picture (matplotlib missing: pip install 'rnngen[plot]')", file=sys.stderr)
         return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(10.5, 5.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, r in enumerate(results["rnngen_defaults"] + results["rnngen_best"]):
         colour = colours[i % len(colours)]
@@ -420,13 +421,22 @@ def plot(results: dict, path: Path) -> bool:
     if finite:
         low = min(finite)
         ax.set_ylim(low * 0.93, min(max(finite) * 1.05, low * 4))
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    xs = [x for line in ax.get_lines() for x in line.get_xdata() if isinstance(x, float) and x > 0]
+    xs += list(results["budgets_min"])
+    ax.set_xticks([t for t in (0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120) if min(xs) / 1.5 <= t <= max(xs) * 1.5])
+    if finite:
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0)))
     ax.set_xlabel("wall time (minutes, log scale)")
-    ax.set_ylabel("valid perplexity")
+    ax.set_ylabel("valid perplexity (log scale)")
     m = results["machine"]
     ax.set_title(f"Time to perplexity, {results['corpus']}: rnngen {m['rnngen_commit']} vs faster-rnnlm\n"
                  f"{m['cpu_model']}, {m['cores']} cores", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
