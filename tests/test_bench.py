@@ -263,3 +263,20 @@ def test_ttp_runs_end_to_end_on_a_small_corpus(tmp_path):
     assert [p["name"] for p in result["faster_rnnlm"]] == ["rnnme-200", "rnn-200"]
     assert all(len(p["epochs"]) == 2 for p in result["faster_rnnlm"])
     assert "| 0.02 min | " in done.stdout and picture.stat().st_size > 0
+
+
+def test_ttp_seen_lines_are_those_faster_rnnlm_evaluates_and_the_ratio_uses_them(tmp_path):
+    from time_to_ppl import seen_lines, table
+
+    (tmp_path / "train.txt").write_text("a b c\nb c d\n")
+    (tmp_path / "valid.txt").write_text("a b\nb x c\n\nd d a")
+    counts = seen_lines(tmp_path / "train.txt", tmp_path / "valid.txt", tmp_path / "seen.txt")
+    assert (tmp_path / "seen.txt").read_text() == "a b\n\nd d a\n"
+    assert counts == {"lines": 4, "lines_without_unseen_words": 3, "words": 8, "unseen_words": 1,
+                      "file": str(tmp_path / "seen.txt")}
+    run = {"name": "defaults", "budget_min": 1.0, "valid_ppl": 300.0, "valid_ppl_seen_lines": 250.0, "wall_s": 50,
+           "returncode": 0, "within_budget": True, "overrun_s": 0.0}
+    peer = {"name": "rnn-200", "epochs": [{"epoch": 3, "wall_s": 20, "valid_ppl": 200.0}]}
+    row = table({"budgets_min": [1.0], "rnngen_defaults": [run], "rnngen_best": [], "faster_rnnlm": [peer]})
+    assert row.splitlines()[2] == ("| 1 min | 300.0 [250.0] (50 s, within: yes) | — | 200.0 (rnn-200, epoch 3, 20 s) "
+                                   "| 1.25 |")
