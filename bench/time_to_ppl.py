@@ -376,11 +376,16 @@ def report(results: dict) -> str:
            "wall time of the whole `rnngen train` command. faster-rnnlm: best epoch validated within the budget.", ""]
     for r in results["rnngen_defaults"]:
         out.append(f"* rnngen defaults at {fmt_budget(r['budget_min'])}: options "
-                   f"`{shlex.join(r['chosen_options']) or '(none)'}` (from {r['options_source']})")
+                   f"`{shlex.join(r['chosen_options']) or '(none)'}` (from {r['options_source']}); "
+                   f"load {r['load1_before']:.1f} before, {r['load1_after']:.1f} after")
+    for r in results["rnngen_best"]:
+        out.append(f"* rnngen best configuration at {fmt_budget(r['budget_min'])}: `{shlex.join(r['options'])}`; "
+                   f"load {r['load1_before']:.1f} before, {r['load1_after']:.1f} after")
     for s in results["faster_rnnlm"]:
         stop = "killed at the largest budget" if s["killed_at_limit"] else "its own stop"
         out.append(f"* faster-rnnlm {s['name']} (`{shlex.join(s['options'])}`): {len(s['epochs'])} epochs in "
-                   f"{s['wall_s']:.0f} s ({stop}), best valid ppl {_ppl(s['best_valid_ppl'])}")
+                   f"{s['wall_s']:.0f} s ({stop}), best valid ppl {_ppl(s['best_valid_ppl'])}; "
+                   f"load {s['load1_before']:.1f} before, {s['load1_after']:.1f} after")
     v = results.get("valid_seen")
     if v and v["unseen_words"]:
         out.append(f"* {v['unseen_words']:,} of the {v['words']:,} valid words are not in train: faster-rnnlm skips "
