@@ -6,7 +6,7 @@ RNNGEN := $(VENV)/bin/rnngen
 DEMO   := demo-model.npz
 CORPUS := corpora/agreement
 
-.PHONY: demo test test-unit test-slow lint bench bench-paired bench-quality bench-memory bench-ttp bench-startup clean
+.PHONY: demo test test-unit test-slow lint bench bench-paired bench-quality bench-memory bench-ttp bench-ttp-quick bench-startup clean
 
 # What running rnngen needs (numpy, numba, scipy, click, tqdm): all that `make demo` installs.
 $(VENV)/.installed: pyproject.toml
@@ -57,9 +57,13 @@ bench-paired: $(VENV)/.bench-installed
 bench-quality: $(VENV)/.installed
 	for run in rnn200 lstm-small shakespeare lstm-medium; do bash bench/quality.sh $$run; done
 
-## bench-ttp: time to a PTB valid perplexity, rnngen class/full softmax vs PyTorch (about 20 min)
-bench-ttp: $(VENV)/.bench-installed
-	$(PY) bench/time_to_ppl.py
+## bench-ttp: PTB valid ppl against wall time, rnngen defaults at 1/2/5/15/30 min vs faster-rnnlm (53 min of budgets + about 15 min of faster-rnnlm and warm-up: about 65-75 min)
+bench-ttp: $(VENV)/.dev-installed
+	$(PY) bench/time_to_ppl.py $(BENCH_TTP_ARGS)
+
+## bench-ttp-quick: the same at budgets 1 and 5 min (about 10 min; BENCH_TTP_ARGS="--corpus shakespeare" for the other corpus)
+bench-ttp-quick: $(VENV)/.dev-installed
+	$(PY) bench/time_to_ppl.py --budgets 1,5 $(BENCH_TTP_ARGS)
 
 ## bench-startup: wall time of rnngen --help and of warm score commands (about a minute)
 bench-startup: $(VENV)/.installed
