@@ -68,7 +68,7 @@ FINAL_LR_SHARE = 1 / 400    # SGD's schedule ends near this share of its first r
 DIRECT_SIZES = (2**20, 2**25)   # hashed n-gram weights: 4 MB to 128 MB of float32
 # The reserve before the deadline: SAFETY times the expected last validation and two writes
 # (the epoch's save and the final one), and MARGIN for the process's start and exit.
-SAFETY, MARGIN = 1.5, 0.5
+SAFETY, MARGIN = 1.25, 0.5
 WRITE_BYTES_PER_S, WRITE_FIXED = 100e6, 0.05    # a checkpoint write before one is timed: conservative
 VALID_WARMUP, VALID_SAMPLE = 50, 2000            # tokens scored to estimate a validation
 

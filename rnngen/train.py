@@ -747,13 +747,14 @@ def prepare_data(corpus_paths: list[str], valid_path: str | None = None, valid_f
 # --- measuring, for a time budget (rnngen.budget) -------------------------------------------
 
 MEASURE_SECONDS = 0.3   # timed steps of a candidate, after its warm-up step
-MEASURE_STEPS = (2, 40)     # at least, at most
+MEASURE_STEPS = (2, 40)     # at least, at most, after the warm-up
+WARMUP_STEPS = 2            # the first compiles, the second still allocates
 
 
 def measure_speed(model_config: ModelConfig, config: TrainConfig, train_ids: np.ndarray,
                   valid_ids: np.ndarray | None, threads: int | None = None,
                   seconds: float = MEASURE_SECONDS) -> Speed:
-    """This model's training speed here: a warm-up step (it compiles), then steps on the start
+    """This model's training speed here: warm-up steps (they compile), then steps on the start
     of the stream for ``seconds``, with the threads train() would use; and the expected times
     of a validation (:func:`rnngen.budget.validation_seconds`) and of a checkpoint write."""
     started = time.perf_counter()
@@ -764,12 +765,12 @@ def measure_speed(model_config: ModelConfig, config: TrainConfig, train_ids: np.
     threads = threads or blas.auto_threads(model_config.hidden, model_config.vocab_size)
     tokens, timed, steps = 0, 0.0, 0
     with training(threads, model_config.softmax) as lanes, np.errstate(over="ignore", invalid="ignore"):
-        while steps <= MEASURE_STEPS[0] or (timed < seconds and steps <= MEASURE_STEPS[1]):
+        while steps < WARMUP_STEPS + MEASURE_STEPS[0] or (timed < seconds and steps < WARMUP_STEPS + MEASURE_STEPS[1]):
             x, y = data.chunk(steps % data.count)
             masks = run.model.dropout_masks(run.rng, *x.shape) if model_config.dropout > 0 else None
             t0 = time.perf_counter()
             run.state = train_step(run.model, run.optim, x, y, run.state, config.lr, config.clip, masks, lanes).state
-            if steps:                                       # the first step is the warm-up
+            if steps >= WARMUP_STEPS:
                 tokens, timed = tokens + x.size, timed + time.perf_counter() - t0
             steps += 1
     validation = validation_seconds(lambda ids: validate(run.model, ids, threads), valid_ids)
