@@ -44,7 +44,8 @@ class Measured:
     def __call__(self, options: dict) -> Speed:
         self.calls.append(options)
         self.now += self.cost
-        return Speed(self.speeds[options["cell"], options["layers"], options["hidden"]], self.validation, 0.1, self.cost)
+        speed = self.speeds[options["cell"], options["layers"], options["hidden"]]
+        return Speed(speed, self.validation, 0.1, self.cost)
 
     def spent(self) -> float:
         return self.now
