@@ -760,7 +760,8 @@ def measure_speed(model_config: ModelConfig, config: TrainConfig, train_ids: np.
     started = time.perf_counter()
     head = np.ascontiguousarray(train_ids[:config.batch_size * config.bptt * 8 + 1], dtype=np.int32)
     config = _fit_batch_size(config, len(head), lambda msg: None)
-    run = _new_run(model_config, config, head)              # class bounds from the head's counts
+    model_config = model_config.with_classes(token_counts(train_ids, model_config.vocab_size))     # the run's classes
+    run = _new_run(model_config, config, head)
     data = Chunks(*batchify(head, config.batch_size), config.bptt)
     threads = threads or blas.auto_threads(model_config.hidden, model_config.vocab_size)
     tokens, timed, steps = 0, 0.0, 0
