@@ -34,6 +34,10 @@ from pathlib import Path
 
 from common import PTB_DIR, ROOT, set_thread_env
 
+# rnngen train's defaults, given: with --max-time the options not given are chosen for the budget.
+FIXED_OPTIONS = ["--layers", "1", "--optimizer", "adam", "--lr", "0.002", "--clip", "5", "--bptt", "35",
+                 "--decay-after", "0", "--lr-decay", "0.5", "--dropout", "0"]
+
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,7 +61,8 @@ def train(args, path: Path, bidirectional: bool) -> None:
         return
     cmd = [sys.executable, "-m", "rnngen", "train", str(args.ptb / "train.txt"), "--valid", str(args.ptb / "valid.txt"),
            "--cell", args.cell, "--hidden", str(args.hidden), "--softmax", args.softmax, "--epochs", "1000",
-           "--max-time", str(args.train_seconds), "--threads", str(args.threads), "--seed", "1", "-o", str(path)]
+           *FIXED_OPTIONS, "--max-time", str(args.train_seconds), "--threads", str(args.threads), "--seed", "1",
+           "-o", str(path)]
     if bidirectional:
         cmd.append("--bidirectional")
     print("bench-fill: " + " ".join(cmd[2:]), file=sys.stderr)

@@ -26,10 +26,10 @@ case "${1:-}" in
                      --decay-after 4 --seed 1 ;;
     lstm-small)  run lstm-small "$PTB" --cell lstm --layers 2 --hidden 200 --optimizer sgd --lr 1 --clip 5 \
                      --bptt 20 --batch-size 20 --epochs 13 --decay-after 4 --seed 1 ;;
-    lstm-medium) run lstm-medium "$PTB" --cell lstm --layers 2 --hidden 650 --dropout 0.5 --optimizer sgd --lr 1 \
+    lstm-medium) run lstm-medium "$PTB" --cell lstm --layers 2 --hidden 650 --dropout 0.5 --optimizer sgd --lr 1 --softmax full \
                      --clip 5 --bptt 35 --batch-size 20 --epochs 39 --decay-after 6 --lr-decay 0.83 \
                      --max-time 7200 --seed 1 ;;
-    shakespeare) run shakespeare "$SHAKES" --unit char --cell lstm --layers 2 --hidden 320 --dropout 0.1 \
+    shakespeare) run shakespeare "$SHAKES" --unit char --cell lstm --layers 2 --hidden 320 --dropout 0.1 --softmax full \
                      --optimizer adam --lr 0.002 --clip 5 --batch-size 32 --bptt 64 --epochs 60 \
                      --max-time 3600 --seed 1 ;;
     *) echo "usage: bash bench/quality.sh rnn200|lstm-small|lstm-medium|shakespeare" >&2; exit 2 ;;

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import click
 
 from . import distributed
-from .config import ACTIVATIONS, CELL_NAMES, OPTIMIZER_NAMES, SOFTMAX_NAMES, ModelConfig, TrainConfig
+from .config import ACTIVATIONS, CELL_NAMES, OPTIMIZER_NAMES, SOFTMAX_NAMES, ModelConfig, TrainConfig, parse_duration
 from .errors import RnngenError
 from .plot import X_AXES
 
@@ -22,6 +23,21 @@ RUN_LIMITS = ("max_steps", "max_time")
 SEED = click.IntRange(0, 2**63 - 1)
 # A file name: accepted as given (the commands check the files), completed as a file by the shell.
 FILE = click.Path()
+STARTED = "rnngen.started"      # ctx.meta key: when the command started (time.perf_counter), for --max-time
+
+
+class Duration(click.ParamType):
+    """Seconds, or a duration with units: 90s, 10m, 2h, 1h30m, 1.5h (rnngen.config.parse_duration)."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class Size(click.ParamType):
@@ -125,6 +141,7 @@ def cli():
     """
     from .blas.choice import check
 
+    click.get_current_context().meta[STARTED] = time.perf_counter()     # a --max-time budget counts from here
     check()
 
 
@@ -199,8 +216,10 @@ training_options = _options(
                  help="Global gradient-norm clip (0: off)."),
     click.option("--patience", type=click.IntRange(min=0), default=0,
                  help="Stop after N epochs without improvement (0: never)."),
-    click.option("--max-time", type=click.FloatRange(min=0), default=0.0,
-                 help="Stop once the run has trained this many seconds in all (not inherited by --resume)."),
+    click.option("--max-time", type=Duration(), default=0.0,
+                 help="Time budget of this command: 90s, 10m, 2h, 1h30m, 1.5h (a bare number: seconds). Training "
+                      "stops so that the last validation and save end within it; the options not given are chosen "
+                      "for it (see --dry-run). Not inherited by --resume."),
     click.option("--max-steps", type=click.IntRange(min=0), default=0,
                  help="Stop once the run has taken this many optimiser steps in all (not inherited by --resume)."),
     click.option("--checkpoint-every", type=click.FloatRange(min=0), default=600.0, show_default=True,
@@ -229,12 +248,14 @@ training_options = _options(
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
               help="What to do with bytes that are not UTF-8.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or epoch lines.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the options chosen (one 'options: ...' line on stdout, the reasons on stderr) and exit.")
 @threads_option
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Train data-parallel in N MPI ranks on this machine (mpiexec -n N; needs rnngen[mpi]); "
                    "--threads is then per rank, by default the cores shared out.")
 @click.pass_context
-def train(ctx, corpus, output, resume_path, quiet, threads, workers, bidirectional, **options):
+def train(ctx, corpus, output, resume_path, quiet, dry_run, threads, workers, bidirectional, **options):
     """Train a language model on CORPUS (text files, one sentence per line; - for stdin).
 
     \b
@@ -247,6 +268,8 @@ def train(ctx, corpus, output, resume_path, quiet, threads, workers, bidirection
       rnngen train corpus.txt --workers 2              # 2 MPI ranks on this machine
       mpiexec -f hostfile -n 8 rnngen train corpus.txt # 8 ranks across machines
       rnngen train corpus.txt --bidirectional -o bi.npz        # a cloze model for rnngen fill
+      rnngen train corpus.txt --max-time 10m           # the best model and schedule for 10 minutes
+      rnngen train corpus.txt --max-time 1h --cell lstm --dry-run   # what an hour's LSTM run would use
 
     Ctrl-C or SIGTERM stops at the end of the current chunk, saves the state to resume
     from and prints the command that resumes; a second Ctrl-C quits at once. The state is
@@ -255,41 +278,88 @@ def train(ctx, corpus, output, resume_path, quiet, threads, workers, bidirection
 
     Under an MPI launcher each rank trains its share of every batch's streams; the result
     is that of one process with the same --batch-size. Rank 0 logs, validates and writes.
+
+    --max-time is the whole command's budget, from its start to the last save. The options
+    not given are then chosen for it, this corpus and this machine (a second or so of
+    measuring, counted in the budget): the best model whose planned epochs fit, and a
+    schedule that ends within them. Given options always win.
     """
     if workers is not None and distributed.launched_size() == 1:
         distributed.launch_workers(workers, _ARGV[0])
     from . import blas, jit
+    from .budget import Deadline, option_list, reason_lines
     from .checkpoint import check_writable
     from .train import TrainingInterrupted, prepare_data
     from .train import train as run_training
 
+    started = ctx.meta.get(STARTED, time.perf_counter())
+    budget = options.pop("max_time")
+    options["max_time"] = 0.0                           # the budget is a deadline (below), not training seconds
     data = {name: options.pop(name) for name in DATA_OPTIONS}
     model = {name: options.pop(name) for name in MODEL_OPTIONS}
     quiet = quiet or not distributed.world().root       # one log for the job: rank 0's
     model["direction"] = "bidirectional" if bidirectional else "forward"
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    check_writable(output)                              # before minutes of reading and training
+    if not dry_run:
+        check_writable(output)                          # before minutes of reading and training
     resume = _resumable(resume_path) if resume_path else None
     config = _train_config(ctx, options, resume)
-    if config.log_file:
+    if config.log_file and not dry_run:
         kept = ctx.get_parameter_source("log_file") == click.core.ParameterSource.DEFAULT    # the checkpoint's
         config.log_file = _log_file(config.log_file, output, kept)
-    notes: list[str] = []                               # said after the BLAS line, the log's first
+    notes: list[str] = []                               # said after the choice and the BLAS line
     vocab, train_ids, valid_ids = prepare_data(list(corpus), **data, vocab=resume.vocab if resume else None,
                                                log=notes.append)
-    model_config = resume.model.config if resume else ModelConfig(vocab_size=len(vocab), **model)
-    for note in [f"rnngen: {blas.chosen().describe()}", *notes]:
+    if not quiet:
+        jit.before_compile(_announce_compiling)         # measuring for a budget compiles too
+    model_config, config, choice = _choose(ctx, model, config, resume, budget, started, len(vocab), train_ids,
+                                           valid_ids, threads)
+    for note in [f"rnngen: options: {option_list(choice.options)}", *(f"rnngen: {line}" for line in
+                 [*reason_lines(choice), *choice.notes]), f"rnngen: {blas.chosen().describe()}", *notes]:
         log(note)
     log(f"rnngen: {len(train_ids):,} training tokens, "
         f"{len(valid_ids) if valid_ids is not None else 0:,} validation tokens, vocabulary {len(vocab):,}")
-    if not quiet:
-        jit.before_compile(_announce_compiling)
+    if dry_run:
+        click.echo(f"options: {option_list(choice.options)}")
+        return
     try:
         run_training(train_ids, valid_ids, vocab, model_config, config, output, resume=resume, log=log,
-                     progress=not quiet and sys.stderr.isatty(), threads=threads)
+                     progress=not quiet and sys.stderr.isatty(), threads=threads,
+                     deadline=Deadline(started + budget, budget) if budget else None)
     except TrainingInterrupted as exc:
-        _exit_interrupted(ctx, exc, output, corpus, data, config, quiet)
+        _exit_interrupted(ctx, exc, output, corpus, data, config, quiet, budget)
     log(f"rnngen: saved {output}")
+
+
+def _choose(ctx, model: dict, config, resume, budget: float, started: float, vocab_size: int, train_ids, valid_ids,
+            threads: int):
+    """The run's ModelConfig and TrainConfig, and the rnngen.budget.Choice that says why: on
+    --resume the checkpoint's; with --max-time (forward models) the options not given chosen
+    for the budget, measured on rank 0 for the whole job; else the options as given."""
+    from dataclasses import replace
+
+    from . import budget as budgets
+    from .train import measure_speed
+
+    given = {name: ctx.params[name] for name in budgets.DECIDED
+             if name in ctx.params and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    if resume is not None:
+        options = budgets.options_of(resume.model.config, config)
+        return resume.model.config, config, budgets.unchosen(options, given, "from the checkpoint")
+
+    def configs(options: dict):
+        model_options = {k: options[k] for k in budgets.MODEL_DECIDED}
+        train_options = {k: v for k, v in options.items() if k not in budgets.MODEL_DECIDED}
+        return ModelConfig(vocab_size=vocab_size, **{**model, **model_options}), replace(config, **train_options)
+
+    if not budget or model["direction"] == "bidirectional":
+        model_config = ModelConfig(vocab_size=vocab_size, **model)
+        source = "default" if not budget else "default (a bidirectional model's options are not chosen for a budget)"
+        return model_config, config, budgets.unchosen(budgets.options_of(model_config, config), given, source)
+    choice = distributed.world().on_root(
+        budgets.choose, given, budget, lambda: time.perf_counter() - started, len(train_ids),
+        lambda options: measure_speed(*configs(options), train_ids, valid_ids, threads or None))
+    return (*configs(choice.options), choice)
 
 
 def _resumable(path: str):
@@ -331,7 +401,7 @@ def _log_file(path: str, output: str, kept: bool) -> str:
     return path
 
 
-def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: bool):
+def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: bool, budget: float):
     """After a signal (the state is saved): print the command that resumes, and exit."""
     import signal
 
@@ -350,7 +420,8 @@ def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: 
         cmd += ["--valid-fraction", str(data["valid_fraction"])]
     if data["encoding_errors"] != "strict":
         cmd += ["--encoding-errors", data["encoding_errors"]]
-    cmd += [f"--{name.replace('_', '-')}={getattr(config, name)}" for name in RUN_LIMITS if getattr(config, name)]
+    limits = {"max_steps": config.max_steps, "max_time": budget}
+    cmd += [f"--{name.replace('_', '-')}={value}" for name, value in limits.items() if value]
     cmd += ["-q"] if quiet else []
     cmd += ["--resume", output, "-o", output]
     click.echo(f"rnngen: interrupted at {exc}; saved {output}. Resume with: {_shell_join(cmd)}", err=True)

@@ -13,6 +13,7 @@ RnngenError, the one exception users see, here so that every module can raise it
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
 
@@ -29,6 +30,30 @@ DIRECTIONS = ("forward", "bidirectional")         # a language model, or a cloze
 OPTIMIZER_NAMES = ("sgd", "adagrad", "adam")
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
 MAX_DIRECT_ORDER = 6                              # longest n-gram of the maxent features
+
+
+# A duration: a bare number of seconds, or numbers with units, largest first ("1h30m", "1.5h").
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([hms])")
+_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``90``, ``90s``, ``10m``, ``2h``, ``1h30m``, ``1.5h`` (each unit once,
+    largest first). Raises ValueError with a short reason for anything else."""
+    text = text.strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            raise ValueError(f"{text!r} is not a duration: seconds must be finite and not negative")
+        return seconds
+    parts = _DURATION_PART.findall(text)
+    units = [unit for _, unit in parts]
+    if not parts or "".join(n + u for n, u in parts) != text or units != sorted(set(units), key="hms".index):
+        raise ValueError(f"{text!r} is not a duration (e.g. 90, 90s, 10m, 2h, 1h30m, 1.5h)")
+    return sum(float(n) * _SECONDS[u] for n, u in parts)
 
 
 def known_fields(cls, data: dict) -> dict:

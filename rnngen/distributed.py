@@ -35,8 +35,8 @@ LAUNCHER_VARIABLES = (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_C
                       ("PMIX_RANK", "PMI_SIZE"))
 LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
 # Control values that ride along at the end of each step's all-reduce.
-SIGNAL, SAVE_DUE, SECONDS = range(3)
-CONTROLS = 3
+SIGNAL, SAVE_DUE, SECONDS, DEADLINE = range(4)
+CONTROLS = 4
 # Seconds a rank other than 0 waits before it reports its error and aborts the job: when
 # every rank fails the same way (a bad option, a missing file), rank 0 says it alone.
 ABORT_GRACE = 1.0

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import blas, checkpoint
 from . import distributed as dist
+from .budget import Deadline, Speed, validation_seconds, write_seconds
 from .checkpoint import Checkpoint
 from .cloze import LineBatches, cloze_stream_logprob, init_model
 from .config import TrainConfig, known_fields
@@ -44,7 +45,7 @@ from .textio import TextFile
 from .vocab import Vocab
 
 # TrainConfig's home is rnngen.config; it stays importable from here.
-__all__ = ["TrainConfig", "TrainingInterrupted", "prepare_data", "train", "train_step"]
+__all__ = ["Deadline", "TrainConfig", "TrainingInterrupted", "measure_speed", "prepare_data", "train", "train_step"]
 
 PROGRESS_EVERY = 60.0   # seconds between progress lines when stderr is not a terminal
 MAX_RECOVERIES = 3      # divergences in a row (each halving the learning rate) before giving up
@@ -57,7 +58,8 @@ def _stderr(msg: str) -> None:
 def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
           model_config: ModelConfig | None, config: TrainConfig, output: str,
           resume: Checkpoint | None = None, log: Callable[[str], None] = _stderr,
-          progress: bool = False, threads: int | None = None, world: dist.World | None = None) -> Checkpoint:
+          progress: bool = False, threads: int | None = None, world: dist.World | None = None,
+          deadline: Deadline | None = None) -> Checkpoint:
     """Train and write ``output``; returns the final checkpoint (best model + resume state).
 
     With ``resume`` the model, vocabulary, optimiser state, position in the data, learning
@@ -70,6 +72,10 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     log as it trains (:mod:`rnngen.runlog`). ``world`` (default :func:`rnngen.distributed.world`)
     is the job this process is a rank of: each rank trains its share of the batch's streams
     and rank 0 alone validates and writes ``output`` and the metrics log.
+
+    ``deadline`` (:class:`rnngen.budget.Deadline`, e.g. ``Deadline.after(600)``) is a wall-clock
+    budget: training stops early enough that the last validation and save end before it
+    (``config.max_time`` counts training seconds alone, summed over resumed runs).
     """
     world = world or dist.world()
     train_ids = np.ascontiguousarray(train_ids, dtype=np.int32)
@@ -85,20 +91,30 @@ def train(train_ids: np.ndarray, valid_ids: np.ndarray | None, vocab: Vocab,
     reporter = Reporter(log, progress, data.count, RunLog(config.log_file if world.root else "", config.log_every,
                                                           data.count, run.progress, resume is not None))
     saved.after_save, saved.rollback.after_restore = reporter.saved, reporter.rolled_back
+    if deadline is not None and world.root:        # the reserve, before any validation or save has run
+        deadline.validation = validation_seconds(lambda ids: validate(run.model, ids, threads), valid_ids)
+        deadline.write = write_seconds(saved.nbytes)
     stop = None
     with (training(threads, run.model.config.softmax) as lanes, _Signals() as signals, reporter.metrics,
           np.errstate(over="ignore", invalid="ignore")):                     # divergence is handled
         while run.progress.epoch < config.epochs and stop is None:
-            stop = _train_epoch(run, data, config, lanes, saved, reporter, signals, world)
+            stop = _train_epoch(run, data, config, lanes, saved, reporter, signals, world, deadline)
             if not saved.ensure_finite(run):
                 stop = None
                 continue
-            entry, is_best = _close_epoch(run, config, world.on_root(validate, run.model, valid_ids, threads),
-                                          reporter.tokens_per_s, data.count)
+            started = time.perf_counter()
+            valid_ppl = world.on_root(validate, run.model, valid_ids, threads)
+            if deadline is not None and valid_ids is not None:
+                deadline.validation = time.perf_counter() - started      # the real time, from now on
+            entry, is_best = _close_epoch(run, config, valid_ppl, reporter.tokens_per_s, data.count)
             reporter.epoch(entry, is_best, run.progress)
             if not entry["partial"] and config.patience and run.progress.bad_epochs >= config.patience:
                 stop = f"no improvement for {config.patience} epochs"
             saved.save(run)
+            if deadline is not None:
+                deadline.write = saved.write_seconds
+                if stop is None and run.progress.epoch < config.epochs and world.on_root(deadline.reached):
+                    stop = deadline.why()
             if world.any(signals.received is not None) and run.progress.epoch < config.epochs and stop is None:
                 reporter.stop(run.progress)
                 raise TrainingInterrupted(signals.received or signal.SIGINT, run.progress.where())
@@ -124,7 +140,8 @@ def _training_data(train_ids: np.ndarray, config: TrainConfig, model_config: Mod
 
 
 def _train_epoch(run: Run, data: Chunks | LineBatches, config: TrainConfig, lanes: Lanes, saved: Checkpoints,
-                 reporter: Reporter, signals: _Signals, world: dist.World = dist.SINGLE) -> str | None:
+                 reporter: Reporter, signals: _Signals, world: dist.World = dist.SINGLE,
+                 deadline: Deadline | None = None) -> str | None:
     """Train chunk after chunk to the end of the epoch; returns why training stops before it,
     or None. A step whose loss is not finite rolls the run back to the last save (so does a
     periodic save whose weights are not); a signal saves the run and raises TrainingInterrupted.
@@ -132,7 +149,7 @@ def _train_epoch(run: Run, data: Chunks | LineBatches, config: TrainConfig, lane
     if run.progress.chunk == 0:
         run.state[...] = 0
     reporter.start_epoch(run.progress)
-    shared = _Shared(world)
+    shared = _Shared(world, deadline)
     stop = None
     while run.progress.chunk < data.count and stop is None:
         p = run.progress
@@ -156,7 +173,7 @@ def _train_epoch(run: Run, data: Chunks | LineBatches, config: TrainConfig, lane
             reporter.stop(run.progress)
             saved.save(run)
             raise TrainingInterrupted(signals.received or signal.SIGINT, run.progress.where())
-        stop = _limit_reached(config, p)
+        stop = _limit_reached(config, p) or shared.deadline(step, seconds)
         if stop is None and shared.save_due(step, saved) and saved.ensure_finite(run):
             saved.save(run)
     reporter.close()
@@ -371,13 +388,13 @@ class Checkpoints:
 
     def __init__(self, output: str, vocab: Vocab, config: TrainConfig, run: Run, log: Callable[[str], None],
                  world: dist.World = dist.SINGLE):
-        params = sum(v.nbytes for v in run.model.params.values())
-        checkpoint.check_writable(output, 2 * params + sum(v.nbytes for v in run.optim.state.values())
-                                  + run.state.nbytes + sum(len(t) + 4 for t in vocab.tokens) + (1 << 16))
+        self.nbytes = _checkpoint_bytes(run, sum(len(t) + 4 for t in vocab.tokens))
+        checkpoint.check_writable(output, self.nbytes)
         self.output, self.vocab, self.config, self.world = output, vocab, config, world
         self.rollback = Rollback(run, log)
         self.last_save = time.perf_counter()
         self.after_save: Callable[[Run], None] = lambda run: None        # told after each save
+        self.write_seconds = 0.0        # the last write's time (rank 0's), for the deadline's reserve
 
     def due(self) -> bool:
         """Is a periodic save due?"""
@@ -405,8 +422,17 @@ class Checkpoints:
         else:
             ckpt = run.checkpoint(self.vocab, self.config, self.world.gather(run.state, axis=2))
         if self.world.root:
+            started = time.perf_counter()
             checkpoint.save(self.output, ckpt)
+            self.write_seconds = time.perf_counter() - started
         return ckpt
+
+
+def _checkpoint_bytes(run: Run, vocab_bytes: int) -> int:
+    """About the size of the run's checkpoint: best and current weights, optimiser and state,
+    the vocabulary's ``vocab_bytes`` and the metadata."""
+    params = sum(v.nbytes for v in run.model.params.values())
+    return 2 * params + sum(v.nbytes for v in run.optim.state.values()) + run.state.nbytes + vocab_bytes + (1 << 16)
 
 
 class Reporter:
@@ -476,10 +502,11 @@ class _Shared:
     ride along with its all-reduce (:func:`rnngen.distributed.reduce_step`): whether a rank
     got a signal, whether rank 0 finds a periodic save due, and the seconds the step counts
     (rank 0's time between its all-reduces, so that --max-time stops every rank at the same
-    step). A single process decides on its own figures, as they stand after the step."""
+    step), and whether the step ends at the ``deadline``. A single process decides on its own
+    figures, as they stand after the step."""
 
-    def __init__(self, world: dist.World):
-        self.world = world
+    def __init__(self, world: dist.World, deadline: Deadline | None = None):
+        self.world, self.budget = world, deadline
         self.lap = time.perf_counter()
 
     def controls(self, signals: _Signals, saved: Checkpoints) -> np.ndarray | None:
@@ -491,10 +518,19 @@ class _Shared:
             now = time.perf_counter()
             controls[dist.SAVE_DUE] = saved.due()
             controls[dist.SECONDS], self.lap = now - self.lap, now
+            # Decided before the step: stop after it if the next would run into the reserve.
+            controls[dist.DEADLINE] = self.budget is not None and self.budget.reached(2 * controls[dist.SECONDS])
         return controls
 
     def seconds(self, step: Step, own: float) -> float:
         return own if step.controls is None else float(step.controls[dist.SECONDS])
+
+    def deadline(self, step: Step, own: float) -> str | None:
+        """Why training stops at the deadline after this step (the next would run into the reserve), or None."""
+        if self.budget is None:
+            return None
+        reached = self.budget.reached(own) if step.controls is None else step.controls[dist.DEADLINE] > 0
+        return self.budget.why() if reached else None
 
     def interrupted(self, step: Step, signals: _Signals) -> bool:
         return signals.received is not None if step.controls is None else step.controls[dist.SIGNAL] > 0
@@ -730,3 +766,38 @@ def prepare_data(corpus_paths: list[str], valid_path: str | None = None, valid_f
         if valid_file is not None:
             valid_ids = encode_files([valid_file], vocab)
     return vocab, train_ids, valid_ids
+
+
+# --- measuring, for a time budget (rnngen.budget) -------------------------------------------
+
+MEASURE_SECONDS = 0.3   # timed steps of a candidate, after its warm-up step
+MEASURE_STEPS = (2, 40)     # at least, at most, after the warm-up
+WARMUP_STEPS = 2            # the first compiles, the second still allocates
+
+
+def measure_speed(model_config: ModelConfig, config: TrainConfig, train_ids: np.ndarray,
+                  valid_ids: np.ndarray | None, threads: int | None = None,
+                  seconds: float = MEASURE_SECONDS) -> Speed:
+    """This model's training speed here: warm-up steps (they compile), then steps on the start
+    of the stream for ``seconds``, with the threads train() would use; and the expected times
+    of a validation (:func:`rnngen.budget.validation_seconds`) and of a checkpoint write."""
+    started = time.perf_counter()
+    head = np.ascontiguousarray(train_ids[:config.batch_size * config.bptt * 8 + 1], dtype=np.int32)
+    config = _fit_batch_size(config, len(head), lambda msg: None)
+    model_config = model_config.with_classes(token_counts(train_ids, model_config.vocab_size))     # the run's classes
+    run = _new_run(model_config, config, head)
+    data = Chunks(*batchify(head, config.batch_size), config.bptt)
+    threads = threads or blas.auto_threads(model_config.hidden, model_config.vocab_size)
+    tokens, timed, steps = 0, 0.0, 0
+    with training(threads, model_config.softmax) as lanes, np.errstate(over="ignore", invalid="ignore"):
+        while steps < WARMUP_STEPS + MEASURE_STEPS[0] or (timed < seconds and steps < WARMUP_STEPS + MEASURE_STEPS[1]):
+            x, y = data.chunk(steps % data.count)
+            masks = run.model.dropout_masks(run.rng, *x.shape) if model_config.dropout > 0 else None
+            t0 = time.perf_counter()
+            run.state = train_step(run.model, run.optim, x, y, run.state, config.lr, config.clip, masks, lanes).state
+            if steps >= WARMUP_STEPS:
+                tokens, timed = tokens + x.size, timed + time.perf_counter() - t0
+            steps += 1
+    validation = validation_seconds(lambda ids: validate(run.model, ids, threads), valid_ids)
+    write = write_seconds(_checkpoint_bytes(run, 8 * model_config.vocab_size))      # about 4 bytes a token
+    return Speed(tokens / max(timed, 1e-9), validation, write, time.perf_counter() - started)

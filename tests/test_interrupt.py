@@ -71,10 +71,10 @@ def corpus(tmp_path_factory):
 TRAIN = ["--hidden", "16", "--epochs", "1000", "--seed", "7", "--valid-fraction", "0.05", "--dropout", "0.2"]
 
 
-def uninterrupted(corpus, steps: int) -> dict:
-    out = corpus.parent / f"uninterrupted-{steps}.npz"
+def uninterrupted(corpus, steps: int, options: tuple[str, ...] = ()) -> dict:
+    out = corpus.parent / f"uninterrupted-{steps}-{abs(hash(options))}.npz"
     if not out.exists():
-        main(["train", str(corpus), "-o", str(out), *TRAIN, "--max-steps", str(steps), "-q"])
+        main(["train", str(corpus), "-o", str(out), *TRAIN, *options, "--max-steps", str(steps), "-q"])
     return params(out)
 
 
@@ -98,7 +98,8 @@ def test_signal_saves_and_prints_the_resume_command(corpus, tmp_path, sig, code)
     resumed = subprocess.run([sys.executable, "-m", "rnngen", *command[1:], "--max-steps", str(steps)],
                              capture_output=True, cwd=tmp_path, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_run(params(out), uninterrupted(corpus, steps))
+    chosen = next(line for line in err.splitlines() if line.startswith("rnngen: options: "))    # for --max-time
+    assert_same_run(params(out), uninterrupted(corpus, steps, tuple(chosen.split()[2:])))
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
 
 

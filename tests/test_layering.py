@@ -2,6 +2,7 @@
 
     config (and errors) -> blas -> jit, lanes -> kernels -> rowgrad, cells, softmax, optim
         -> model -> cloze -> score, fill, sample, checkpoint -> train -> cli
+    (budget imports config alone: train uses its deadline, cli its chooser)
     (vocab, textio and corpus import only errors; score, sample, checkpoint and train use them)
 
 No module imports one that imports it back, directly or through others, whether at the top
@@ -81,6 +82,11 @@ def test_config_imports_nothing_of_rnngens():
     assert rnngen_imports((PACKAGE / "config.py").read_text()) == set()
 
 
+def test_budget_sits_between_config_and_train():
+    assert rnngen_imports((PACKAGE / "budget.py").read_text()) == {"config"}
+    assert "budget" in import_graph()["train"]
+
+
 def test_the_layers_point_one_way():
     """No module of a layer imports, even through others, a module of a layer above it."""
     graph = import_graph()
@@ -91,7 +97,7 @@ def test_the_layers_point_one_way():
             reached(after, seen)
         return seen
 
-    chain = ["config", "kernels", "cells", "model", "train", "cli"]
+    chain = ["config", "kernels", "cells", "model", "budget", "train", "cli"]
     for i, lower in enumerate(chain):
         assert not reached(lower, set()) & set(chain[i + 1:]), lower
 

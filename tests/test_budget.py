@@ -1,0 +1,184 @@
+"""Time budgets: durations, the chooser (with injected speeds), the schedule, the deadline."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import CORPUS
+
+from rnngen import budget
+from rnngen.budget import CANDIDATES, Candidate, Deadline, Speed, choose, direct_size_for, option_list
+from rnngen.config import parse_duration
+
+PTB_TOKENS = 930_000
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400),
+                                           ("1.5h", 5400), ("2m30s", 150), ("0.5", 0.5), ("1H", 3600)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["10x", "-5", "m", "", "1m1h", "1h1h", "1 h", "nan", "inf", "h30", "10m5"])
+def test_bad_durations_raise(text):
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(text)
+
+
+def test_direct_size_is_a_clamped_power_of_two():
+    assert direct_size_for(PTB_TOKENS, 4) == 2**24             # 4 * 930k * 3 = 11.2M -> 16M
+    assert direct_size_for(1000, 4) == 2**20                   # clamped below
+    assert direct_size_for(10**9, 6) == 2**25                  # and above
+    assert direct_size_for(2**20 // 4, 2) == 2**20             # exactly a power of two stays
+
+
+class Measured:
+    """An injected measure: tokens/s by (cell, layers, hidden), no validation, quick writes;
+    each call advances the fake clock by ``cost`` seconds."""
+
+    def __init__(self, speeds: dict, cost: float = 0.5, validation: float = 1.0):
+        self.speeds, self.cost, self.validation = speeds, cost, validation
+        self.calls: list[dict] = []
+        self.now = 0.0
+
+    def __call__(self, options: dict) -> Speed:
+        self.calls.append(options)
+        self.now += self.cost
+        speed = self.speeds[options["cell"], options["layers"], options["hidden"]]
+        return Speed(speed, self.validation, 0.1, self.cost)
+
+    def spent(self) -> float:
+        return self.now
+
+
+# A machine like the seed figures: rnn-200 52k tok/s, the LSTMs slower as they grow.
+SPEEDS = {("rnn", 1, 200): 52_000, ("lstm", 1, 200): 30_000, ("lstm", 2, 200): 15_000, ("lstm", 2, 400): 5_000}
+
+
+def pick(given: dict, seconds: float, speeds=SPEEDS, direct=True, **kw):
+    measure = Measured(speeds, **kw)
+    return choose(given, seconds, measure.spent, PTB_TOKENS, measure, direct=direct), measure
+
+
+def test_a_tiny_budget_gets_the_cheapest_candidate_and_stops_measuring():
+    choice, measure = pick({}, 20)          # 18 s an epoch of rnn-200: under one fits
+    assert choice.options["cell"] == "rnn" and choice.options["optimizer"] == "adam"
+    assert choice.options["epochs"] == 1 and choice.options["decay_after"] == 0
+    assert len(measure.calls) == 1          # A falls short of its need: the slower ones are not measured
+
+
+def test_a_large_budget_gets_the_best_candidate_and_an_sgd_schedule_within_it():
+    choice, _ = pick({}, 3 * 3600)
+    o = choice.options
+    assert (o["cell"], o["layers"], o["hidden"], o["optimizer"], o["dropout"]) == ("lstm", 2, 400, "sgd", 0.5)
+    epoch = PTB_TOKENS / 5_000 + 1.0 + 0.1
+    planned = (3 * 3600 - 2.0 - budget.reserve_seconds(1.0, 0.1)) / epoch
+    assert o["epochs"] == math.ceil(planned)
+    assert o["decay_after"] == round(0.3 * planned) and 0.5 <= o["lr_decay"] < 1
+    decays = o["epochs"] - o["decay_after"]
+    assert o["lr_decay"] ** decays == pytest.approx(budget.FINAL_LR_SHARE, rel=0.1)   # the rate ends low, in time
+
+
+def test_a_middle_budget_gets_zarembas_small_recipe():
+    choice, _ = pick({}, 8 * 60)            # lstm 2x200: about 7.5 epochs; 2x400 would get 2.5 of its 12
+    o = choice.options
+    assert (o["cell"], o["layers"], o["hidden"], o["optimizer"], o["bptt"], o["clip"]) == ("lstm", 2, 200, "sgd", 20, 5)
+    assert o["dropout"] == 0.25 and o["epochs"] == 8 and 1 <= o["decay_after"] < o["epochs"]
+
+
+def test_the_cheapest_is_taken_when_even_it_falls_short():
+    choice, _ = pick({}, 5)
+    assert choice.options["cell"] == "rnn" and choice.options["epochs"] == 1
+
+
+def test_given_options_win_over_every_candidate():
+    given = {"cell": "gru", "hidden": 64, "dropout": 0.3, "epochs": 50, "bptt": 10}
+    speeds = {("gru", layers, 64): 80_000 for layers in (1, 2)}
+    choice, measure = pick(given, 3 * 3600, speeds)
+    assert all(choice.options[k] == v for k, v in given.items())
+    assert all(call[k] == v for call in measure.calls for k, v in given.items())
+    assert {name for name, why in choice.reasons.items() if why == "given"} == set(given)
+    assert all(why.startswith("from the budget") for name, why in choice.reasons.items() if name not in given)
+
+
+def test_a_named_model_gets_a_recipe_that_does_not_over_fit():
+    given = {"cell": "lstm", "layers": 2, "hidden": 200}
+    choice, measure = pick(given, 30 * 60)          # 15k tok/s: about 27 epochs
+    o = choice.options
+    assert (o["cell"], o["layers"], o["hidden"]) == ("lstm", 2, 200)
+    assert o["optimizer"] == "sgd" and o["dropout"] >= 0.25 and o["decay_after"] > 0
+    assert len(measure.calls) == 2                  # once per architecture and --bptt (35, then 20)
+    short, _ = pick(given, 150)                     # two epochs: Adam, and the best model is kept
+    assert short.options["optimizer"] == "adam" and short.options["epochs"] <= 3
+
+
+def test_a_given_optimizer_takes_its_own_rate():
+    choice, _ = pick({"optimizer": "adam"}, 3 * 3600)
+    assert choice.options["optimizer"] == "adam" and choice.options["lr"] == 0.002
+    assert choice.options["decay_after"] == 0
+
+
+def test_direct_features_only_when_rnngen_has_them():
+    with_direct, _ = pick({}, 30, direct=True)
+    assert with_direct.options["direct_order"] == 4 and with_direct.options["direct_size"] == 2**24
+    assert "--direct-order 4 --direct-size 16777216" in option_list(with_direct.options)
+    without, _ = pick({}, 30, direct=False)
+    assert without.options["direct_order"] == 0 and "--direct" not in option_list(without.options)
+
+
+def test_measuring_stops_once_its_share_of_the_budget_is_spent():
+    slow_to_measure = Candidate("X", 0, {**CANDIDATES[0].options, "hidden": 100})
+    candidates = (slow_to_measure, *CANDIDATES)
+    speeds = {**SPEEDS, ("rnn", 1, 100): 90_000}
+    measure = Measured(speeds, cost=50)             # each measurement eats a third of a 150 s budget
+    choice = choose({}, 150, measure.spent, PTB_TOKENS, measure, candidates=candidates, direct=False)
+    assert len(measure.calls) == 1 and choice.options["hidden"] == 100
+
+
+def test_the_option_list_reproduces_the_choice():
+    choice, _ = pick({}, 8 * 60, direct=False)
+    words = option_list(choice.options).split()
+    assert words[::2] == [f"--{n.replace('_', '-')}" for n in budget.DECIDED if not n.startswith("direct_")]
+    assert dict(zip(words[::2], words[1::2]))["--lr"] == "1" and "--dropout" in words
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_deadline_keeps_a_reserve_for_the_last_validation_and_saves():
+    clock = Clock()
+    deadline = Deadline(clock.now + 60, 60, clock)
+    deadline.validation, deadline.write = 10.0, 1.0
+    reserve = budget.SAFETY * 12 + budget.MARGIN
+    assert deadline.reserve == pytest.approx(reserve)
+    clock.now += 60 - reserve - 2
+    assert not deadline.reached() and deadline.reached(ahead=2.5)      # the next step would eat into it
+    deadline.validation = 2.0                                           # a real validation was quicker
+    assert not deadline.reached(ahead=2.5)
+    clock.now += 60
+    assert deadline.reached() and "--max-time 60s" in deadline.why()
+
+
+def test_the_validation_estimate_scales_a_sample():
+    seen = []
+    estimate = budget.validation_seconds(lambda ids: seen.append(len(ids)), np.zeros(20_000))
+    assert seen == [budget.VALID_WARMUP, budget.VALID_SAMPLE] and estimate >= 0
+    assert budget.validation_seconds(lambda ids: 1 / 0, None) == 0.0
+
+
+def test_training_at_its_deadline_validates_saves_and_returns(tmp_path):
+    from rnngen.model import ModelConfig
+    from rnngen.train import TrainConfig, prepare_data, train
+
+    vocab, tr, va = prepare_data([str(CORPUS / "train.txt")], str(CORPUS / "valid.txt"))
+    out = tmp_path / "m.npz"
+    ckpt = train(tr[:20000], va[:500], vocab, ModelConfig(vocab_size=len(vocab), hidden=16), TrainConfig(epochs=5),
+                 str(out), log=lambda m: None, deadline=Deadline.after(0))
+    assert out.exists() and len(ckpt.history) == 1
+    entry = ckpt.history[0]
+    assert entry["partial"] and entry["step"] == 1 and entry["valid_ppl"] is not None
