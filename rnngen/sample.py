@@ -80,7 +80,7 @@ def _sample_block(model, primed, first, uniforms, eos, temperature, top_k, top_p
     W_x = np.stack([lp["W_x"] for lp in layers[1:]]) if cfg.layers > 1 else np.empty((0, H, 0), dtype)
     b_hn = np.stack([lp.get("b_hn", np.zeros(H, dtype)) for lp in layers])
     W_h, b = np.stack([lp["W_h"] for lp in layers]), np.stack([lp["b"] for lp in layers])
-    output, state0 = model.output.class_form(model.params), np.ascontiguousarray(primed[:, :, 0])
+    output, state0 = model.output.sample_form(model.params), np.ascontiguousarray(primed[:, :, 0])
     m = len(uniforms)
     generated = np.zeros(uniforms.shape, dtype=np.int32)
     lengths = np.empty(m, dtype=np.int64)

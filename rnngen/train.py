@@ -542,7 +542,8 @@ def _fit_batch_size(config: TrainConfig, n_tokens: int, log: Callable[[str], Non
 
 
 def _new_run(model_config: ModelConfig, config: TrainConfig, train_ids: np.ndarray) -> Run:
-    model_config = model_config.with_classes(token_counts(train_ids, model_config.vocab_size))
+    counts = token_counts(train_ids, model_config.vocab_size)
+    model_config = model_config.with_classes(counts).with_tree(counts)
     model = init_model(model_config, seed=config.seed)
     return Run(model, make_optimizer(config.optimizer, model.params), model.zero_state(config.batch_size),
                np.random.default_rng(config.seed + 1), Progress(lr=config.lr, data=fingerprint(train_ids)))
