@@ -28,7 +28,7 @@ import contextlib
 
 import numpy as np
 
-from . import kernels                 # kernels.log_sigmoid: a module attribute, which Numba reads compiled
+from . import kernels  # Numba reads kernels.log_sigmoid, a module attribute, compiled
 from .jit import SUM_OPTIONS, kernel
 from .lanes import SERIAL, Lanes
 from .rowgrad import RowGrad

@@ -17,8 +17,8 @@ import contextlib
 import numpy as np
 
 from .blas import Packed, exp_in_place, matmul
-from .hsoftmax import NO_TREE, HierarchicalSoftmax
 from .config import frequency_classes as frequency_classes  # re-exported: it was defined here
+from .hsoftmax import NO_TREE, HierarchicalSoftmax
 from .jit import interpreting
 from .kernels import row_sums, softmax_grad_rows, softmax_xent_rows
 from .lanes import SERIAL, Lanes
