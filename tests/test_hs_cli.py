@@ -60,6 +60,9 @@ def test_score_stream_sample_and_fill(hs_model, monkeypatch):
     assert scored.exit_code == 0, scored.output
     logprobs = [float(line.split("\t")[0]) for line in scored.stdout.splitlines()]
     assert len(logprobs) == 3 and logprobs[0] > logprobs[1]          # the grammatical order is more likely
+    alone = rnngen("score", *model, *LINES, cwd=hs_model)              # a few tokens: the kernels run as Python
+    assert [float(line.split("\t")[0]) for line in alone.stdout.decode().splitlines()] == \
+        pytest.approx(logprobs, abs=1e-4)
     piped = run("score", *model, "-", input="\n".join(LINES) + "\n")
     assert [float(line.split("\t")[0]) for line in piped.stdout.splitlines()] == pytest.approx(logprobs, abs=1e-4)
     (hs_model / "v.txt").write_text("\n".join(LINES) + "\n")
