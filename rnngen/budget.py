@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .config import DEFAULT_LR
+from .config import DEFAULT_LR, default_direct_size
 
 # The options the chooser decides, in the order the option list shows them.
 DECIDED = ("cell", "layers", "hidden", "softmax", "direct_order", "direct_size", "optimizer", "lr", "clip", "bptt",
@@ -42,7 +42,7 @@ class Candidate:
     name: str
     needs: float                    # planned epochs from which this beats the cheaper ones
     options: dict                   # DECIDED names but the schedule's (epochs, decay_after, lr_decay)
-    decay_from: float = 0.5         # with SGD: decay the lr every epoch from this share of the planned epochs on
+    decay_from: float = 0.5         # decay the lr every epoch from this share of the planned epochs on (at least 1)
     why: str = ""
 
 
@@ -50,8 +50,8 @@ class Candidate:
 # Seed figures (PTB, 930k tokens, 10k words); re-tune here and in README's "Time budgets".
 CANDIDATES = (
     Candidate("A", 1, dict(cell="rnn", layers=1, hidden=200, softmax="class", direct_order=4, optimizer="adam",
-                           lr=0.002, clip=5.0, bptt=35, dropout=0.0),
-              why="52k tok/s on a 2-core Xeon: valid 184 after 1 epoch, 172.7 after 2, then over-fits"),
+                           lr=0.002, clip=5.0, bptt=35, dropout=0.0), decay_from=0.0,
+              why="PTB valid 157, 141, 135, 132 after epochs 1-4, the rate halved after each"),
     Candidate("B", 3, dict(cell="lstm", layers=1, hidden=200, softmax="class", direct_order=4, optimizer="adam",
                            lr=0.002, clip=5.0, bptt=35, dropout=0.1),
               why="gated cell for a few epochs; light dropout, as Adam over-fits PTB from epoch 3"),
@@ -65,26 +65,11 @@ CANDIDATES = (
 
 MEASURE_SHARE = 0.2         # no new candidate is measured once this share of the budget is spent
 FINAL_LR_SHARE = 1 / 400    # SGD's schedule ends near this share of its first rate (Zaremba's three: 1/300-1/500)
-DIRECT_SIZES = (2**20, 2**25)   # hashed n-gram weights: 4 MB to 128 MB of float32
 # The reserve before the deadline: SAFETY times the expected last validation and two writes
 # (the epoch's save and the final one), and MARGIN for the process's start and exit.
 SAFETY, MARGIN = 1.25, 0.5
 WRITE_BYTES_PER_S, WRITE_FIXED = 100e6, 0.05    # a checkpoint write before one is timed: conservative
 VALID_WARMUP, VALID_SAMPLE = 50, 2000            # tokens scored to estimate a validation
-
-
-def direct_size_for(training_tokens: int, order: int) -> int:
-    """Hashed weights of n-gram features of ``order``: the power of two at or above
-    4 * tokens * (order - 1) (about four slots per n-gram seen), within DIRECT_SIZES."""
-    want = max(1, 4 * training_tokens * (order - 1))
-    return min(max(1 << (want - 1).bit_length(), DIRECT_SIZES[0]), DIRECT_SIZES[1])
-
-
-def direct_features_available() -> bool:
-    """Does this rnngen train n-gram features (the maxent module)? Until then candidates go without."""
-    import importlib.util
-
-    return importlib.util.find_spec(f"{__package__}.maxent") is not None
 
 
 # --- what the budget leaves ----------------------------------------------------------------
@@ -184,32 +169,31 @@ def overlay(candidate: Candidate, given: dict, training_tokens: int, direct: boo
     if not direct and "direct_order" not in given:
         options["direct_order"] = 0
     if "direct_size" not in given:
-        options["direct_size"] = direct_size_for(training_tokens, options["direct_order"]) \
+        options["direct_size"] = default_direct_size(training_tokens, options["direct_order"]) \
             if options["direct_order"] else 0
     return options
 
 
 def schedule(options: dict, candidate: Candidate, planned: float, given: dict) -> dict:
-    """Epochs, and for SGD the per-epoch decay that ends near FINAL_LR_SHARE of the first
-    rate within the planned epochs; Adam halves on plateaus only. Given ones are kept."""
+    """Epochs, and the per-epoch decay from the candidate's share of them on that ends near
+    FINAL_LR_SHARE of the first rate within the planned epochs (halving at most). Given ones
+    are kept."""
     epochs = given.get("epochs", max(1, math.ceil(planned - 1e-6)))
-    out = {"epochs": epochs, "decay_after": 0, "lr_decay": 0.5}
-    if options["optimizer"] == "sgd":
-        last = min(epochs, max(1, math.ceil(planned - 1e-6)))
-        out["decay_after"] = given.get("decay_after", max(1, round(candidate.decay_from * planned)))
-        decays = last - out["decay_after"]              # decays that the epochs trained see
-        out["lr_decay"] = round(max(0.5, FINAL_LR_SHARE ** (1 / decays)), 3) if decays > 0 else 0.5
+    last = min(epochs, max(1, math.ceil(planned - 1e-6)))
+    decay_after = given.get("decay_after", max(1, round(candidate.decay_from * planned)))
+    decays = last - decay_after                         # decays that the epochs trained see
+    out = {"epochs": epochs, "decay_after": decay_after,
+           "lr_decay": round(max(0.5, FINAL_LR_SHARE ** (1 / decays)), 3) if decays > 0 else 0.5}
     return {k: given.get(k, v) for k, v in out.items()}
 
 
 def choose(given: dict, budget: float, spent: Callable[[], float], training_tokens: int,
-           measure: Callable[[dict], Speed], candidates=CANDIDATES, direct: bool | None = None) -> Choice:
+           measure: Callable[[dict], Speed], candidates=CANDIDATES, direct: bool = True) -> Choice:
     """The options for ``budget`` seconds, of which ``spent()`` are used: the best candidate
     whose planned epochs reach its need (else the cheapest), under the ``given`` options.
     ``measure(options)`` times a candidate; one measurement serves candidates that differ in
     SPEED_BLIND options only. Candidates are measured cheapest first, until one falls short
     of its need (the next ones are slower and need more) or MEASURE_SHARE of the budget is spent."""
-    direct = direct_features_available() if direct is None else direct
     plans: list[Plan] = []
     speeds: dict[tuple, Speed] = {}
     for candidate in candidates:
@@ -241,12 +225,10 @@ def _measured(p: Plan) -> str:
 def _reasons(options: dict, given: dict, best: Plan) -> dict:
     c = best.candidate
     why = {name: f"from the budget (candidate {c.name})" for name in options}
-    why["direct_size"] = "from the budget: 4 x training tokens x (order - 1), a power of two"
+    why["direct_size"] = "from the corpus: 4 x training tokens x (order - 1), a power of two from 1M to 32M"
     why["epochs"] = f"from the budget: {best.planned:.1f} epochs fit ({best.speed.tokens_per_s:,.0f} tok/s measured)"
-    why["decay_after"] = (f"from the budget: SGD decays from {c.decay_from:g} of the planned epochs on"
-                          if options["optimizer"] == "sgd" else "from the budget: Adam halves on plateaus only")
-    why["lr_decay"] = ("from the budget: the rate ends near 1/400 of the first at the planned epochs"
-                       if options["decay_after"] else "from the budget: halving on plateaus")
+    why["decay_after"] = f"from the budget: the rate decays every epoch from {c.decay_from:g} of the planned ones on"
+    why["lr_decay"] = "from the budget: the rate ends near 1/400 of the first at the planned epochs (halving at most)"
     return {name: "given" if name in given else why[name] for name in DECIDED}
 
 

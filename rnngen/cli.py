@@ -188,8 +188,8 @@ model_options = _options(
                  help="Dropout on non-recurrent connections."),
     click.option("--tie-weights", is_flag=True, help="Share the embedding with the output layer."),
     click.option("--softmax", type=click.Choice(SOFTMAX_NAMES), default="full", show_default=True,
-                 help="Output layer: full softmax, or frequency-binned word classes (much faster for large "
-                      "vocabularies)."),
+                 help="Output layer: full softmax, frequency-binned word classes (much faster for large "
+                      "vocabularies), or hs: hierarchical softmax over a Huffman tree of the words (faster still)."),
     click.option("--classes", type=click.IntRange(min=0), default=0,
                  help="Word classes for --softmax class (default: about sqrt(vocabulary))."),
     click.option("--direct-order", type=click.IntRange(min=0), default=0, show_default=True,
@@ -774,6 +774,8 @@ def info(model_path):
         out.append("direction   bidirectional (cloze model: rnngen fill; score gives pseudo-log-likelihoods)")
     if cfg.softmax == "class":
         out.append(f"softmax     class-factored, {len(cfg.class_bounds) - 1} classes")
+    if cfg.softmax == "hs":
+        out.append(f"softmax     hierarchical, Huffman tree over {cfg.vocab_size:,} words")
     if cfg.direct_order:
         out.append(f"n-grams     hashed maxent features up to order {cfg.direct_order}, {cfg.direct_size:,} weights "
                    f"({cfg.direct_size * ckpt.model.dtype.itemsize / 2**20:.0f} MB)")

@@ -25,7 +25,7 @@ CELL_NAMES = ("rnn", "gru", "lstm")
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}           # gate blocks in a layer's W_x, W_h and b
 STATE_PARTS = {"rnn": 1, "gru": 1, "lstm": 2}     # arrays a layer carries between chunks: h (and c)
 ACTIVATIONS = ("tanh", "relu")                    # of the vanilla RNN
-SOFTMAX_NAMES = ("full", "class")
+SOFTMAX_NAMES = ("full", "class", "hs")
 DIRECTIONS = ("forward", "bidirectional")         # a language model, or a cloze model (rnngen.cloze)
 OPTIMIZER_NAMES = ("sgd", "adagrad", "adam")
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
@@ -98,6 +98,34 @@ def default_direct_size(tokens: int, order: int) -> int:
     return int(min(max(1 << (want - 1).bit_length(), 1 << 20), 1 << 25))
 
 
+def huffman_tree(counts) -> list[int]:
+    """A binary Huffman tree over ids 0..V-1 for token ``counts``: frequent words get short
+    paths. Returns the children of its V-1 inner nodes, flattened: node n's are entries 2n
+    and 2n+1, an id < V a word, V + m inner node m. Nodes are made bottom-up, so a child's
+    id is below its parent's and node V-2 is the root. Ties go to the lower id."""
+    import heapq
+
+    V = len(counts)
+    heap = [(float(c), i) for i, c in enumerate(counts)]      # (count, id): a tie takes the lower id
+    heapq.heapify(heap)
+    children = []
+    for n in range(V - 1):
+        (c0, a), (c1, b) = heapq.heappop(heap), heapq.heappop(heap)
+        children += [a, b]
+        heapq.heappush(heap, (c0 + c1, V + n))                 # inner node n merges the two rarest
+    return children
+
+
+def check_tree(tree, vocab_size: int) -> bool:
+    """Is ``tree`` a binary tree in :func:`huffman_tree`'s form over ``vocab_size`` words?
+    Every node but the root (id 2V-2) is the child of exactly one inner node, one made after
+    it: so each word's parents lead, ids rising, to the root."""
+    V = vocab_size
+    if not (isinstance(tree, list) and len(tree) == 2 * (V - 1) and all(type(i) is int for i in tree)):
+        return False
+    return sorted(tree) == list(range(2 * V - 2)) and all(c < V + k // 2 for k, c in enumerate(tree))
+
+
 @dataclass
 class ModelConfig:
     """Architecture. ``embed`` 0 means "same as hidden"."""
@@ -113,6 +141,7 @@ class ModelConfig:
     softmax: str = "full"
     classes: int = 0                                   # class softmax: 0 = about sqrt(vocab)
     class_bounds: list = field(default_factory=list)   # C+1 ids, filled from word counts
+    tree: list = field(default_factory=list)           # hs: the Huffman tree (huffman_tree), from word counts
     direction: str = "forward"                         # "bidirectional": a cloze model (rnngen.cloze)
     direct_order: int = 0                              # hashed n-gram maxent features (rnngen.maxent): n-gram
                                                        # order, the predicted word included; 0 = none
@@ -149,6 +178,12 @@ class ModelConfig:
                 isinstance(b, list) and len(b) >= 2 and all(isinstance(i, int) for i in b)
                 and b[0] == 0 and b[-1] == self.vocab_size and all(x < y for x, y in zip(b, b[1:]))):
             raise RnngenError("class softmax needs class bounds increasing from 0 to the vocabulary size")
+        if self.softmax == "hs" and self.tie_weights:
+            raise RnngenError("--tie-weights needs --softmax full or class (hs has no word vectors to share)")
+        if self.softmax == "hs" and self.vocab_size < 2:
+            raise RnngenError("--softmax hs needs a vocabulary of at least 2 tokens")
+        if self.softmax == "hs" and self.tree and not check_tree(self.tree, self.vocab_size):
+            raise RnngenError("hs softmax needs a binary tree over the vocabulary (the model's tree is corrupt)")
 
     @property
     def embed_size(self) -> int:
@@ -185,6 +220,19 @@ class ModelConfig:
             return self
         return replace(self, direct_size=default_direct_size(tokens, self.direct_order))
 
+    @property
+    def inner_nodes(self) -> int:
+        """Inner nodes of the hs tree (V - 1), once :meth:`with_tree` has built it."""
+        if not self.tree:
+            raise RnngenError("hs softmax needs its tree: use ModelConfig.with_tree(counts)")
+        return len(self.tree) // 2
+
+    def with_tree(self, counts) -> ModelConfig:
+        """For the hierarchical softmax: the Huffman tree of these token counts (ids 0..V-1)."""
+        if self.softmax != "hs" or self.tree:
+            return self
+        return replace(self, tree=huffman_tree(counts))
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's name and shape, in a fixed order: the embedding, each layer's
         (``l0.W_x``, ...), a bidirectional model's backward stack's (``r0.W_x``, ...), then
@@ -201,9 +249,14 @@ class ModelConfig:
 
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
         """The output layer's parameters: V (``out.W``, the embedding's transpose when tied)
-        and c of softmax(h V + c); the class softmax adds its class layer ``cls.W``, ``cls.b``."""
-        shapes = {} if self.tie_weights else {"out.W": (self.hidden, self.vocab_size)}
-        shapes["out.b"] = (self.vocab_size,)
+        and c of softmax(h V + c); the class softmax adds its class layer ``cls.W``, ``cls.b``.
+        The hierarchical softmax has instead one row ``hs.W[n]`` and bias ``hs.b[n]`` per inner
+        node n of its tree (rnngen.hsoftmax)."""
+        if self.softmax == "hs":
+            shapes = {"hs.W": (self.inner_nodes, self.hidden), "hs.b": (self.inner_nodes,)}
+        else:
+            shapes = {} if self.tie_weights else {"out.W": (self.hidden, self.vocab_size)}
+            shapes["out.b"] = (self.vocab_size,)
         if self.softmax == "class":
             shapes["cls.W"] = (self.hidden, self.n_classes)
             shapes["cls.b"] = (self.n_classes,)

@@ -16,6 +16,7 @@ chunk, so each knows the rows the global batch touches and reduces just those.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import time
@@ -212,8 +213,9 @@ def reduce_step(w: World, nll: float, grads: dict, inputs: np.ndarray, controls:
 
     ``inputs`` is the whole chunk (T, B), the same on every rank: the embedding's row-sparse
     gradient is reduced over the rows the global batch touches, which each rank finds
-    without asking the others, and comes back as a RowGrad over those rows. Returns
-    (nll, gradients, controls), each the same on every rank."""
+    without asking the others, and comes back as a RowGrad over those rows. Other row-sparse
+    gradients (the hierarchical softmax's, over its targets' tree nodes) are reduced dense.
+    Returns (nll, gradients, controls), each the same on every rank."""
     import numpy as np
 
     from .rowgrad import RowGrad
@@ -221,8 +223,8 @@ def reduce_step(w: World, nll: float, grads: dict, inputs: np.ndarray, controls:
     if w.size == 1:
         return nll, grads, controls
     names = list(grads)
-    rows = {k: np.unique(inputs) for k in names if isinstance(grads[k], RowGrad)}
-    sizes = [rows[k].size * grads[k].shape[1] if k in rows else grads[k].size for k in names]
+    rows = {k: np.unique(inputs) for k in names if k == "embed" and isinstance(grads[k], RowGrad)}
+    sizes = [rows[k].size * grads[k].shape[1] if k in rows else math.prod(grads[k].shape) for k in names]
     dtype = next(iter(grads.values())).dtype
     buffer = np.zeros(sum(sizes) + 1 + CONTROLS, dtype=np.float64 if dtype == np.float64 else np.float32)
     views, start = {}, 0
@@ -234,7 +236,7 @@ def reduce_step(w: World, nll: float, grads: dict, inputs: np.ndarray, controls:
             dense = views[k].reshape(rows[k].size, g.shape[1])
             dense[np.searchsorted(rows[k], g.rows)] = g.values
         else:
-            views[k].reshape(g.shape)[...] = g
+            views[k].reshape(g.shape)[...] = np.asarray(g)
     buffer[start] = nll
     buffer[start + 1:] = controls
     w.allreduce(buffer)

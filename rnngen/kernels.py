@@ -395,6 +395,18 @@ def sgd_direct(direct, bases, dlogits, offset, step):
                 direct[j - head] -= step * g[j]
 
 
+@kernel(**LOOP_OPTIONS)
+def sgd_direct_nodes(direct, bases, nodes, dz, step):
+    """d[(bases[i, k] + nodes[i, j]) mod |d|] -= step * dz[i, j], for each row's nodes up to a -1."""
+    mask = direct.shape[0] - 1
+    for i in range(dz.shape[0]):
+        for j in range(dz.shape[1]):
+            if nodes[i, j] < 0:
+                break
+            for k in range(bases.shape[1]):
+                direct[(bases[i, k] + nodes[i, j]) & mask] -= step * dz[i, j]
+
+
 # --- sampling -----------------------------------------------------------------------
 
 @kernel(**LOOP_OPTIONS)
@@ -495,21 +507,51 @@ def class_logprobs(logits, cls_logits, bounds):
             words[i] += shift
 
 
+@kernel
+def log_sigmoid(z):
+    """(log σ(z), σ(z)), stably: with e = e^-|z| <= 1 nothing overflows."""
+    e = np.exp(-abs(z))
+    one = e + 1                                                    # 1 + e^-|z|
+    log_sig = min(z, 0) - np.log1p(e)                              # log σ(z) = min(z, 0) - log(1 + e^-|z|)
+    return log_sig, (1 / one if z >= 0 else e / one)               # σ(z) = 1/(1+e^-z) = e^z/(1+e^z)
+
+
+@kernel
+def tree_logprobs(z, children, out):
+    """The hierarchical softmax's log p(w | h) for every word w into ``out`` (V,), from the
+    logits z (V-1,) of the tree's inner nodes: node n's first child has p σ(z_n), its second
+    σ(-z_n) (children (V-1, 2): ids < V words, V + m inner node m; parents after children)."""
+    V = len(out)
+    reach = np.empty(V - 1)                                        # log p(reaching inner node m)
+    reach[V - 2] = 0.0                                             # the root
+    for n in range(V - 2, -1, -1):                                 # parents before their children
+        first, _ = log_sigmoid(np.float64(z[n]))                   # log σ(z_n)
+        for side in range(2):
+            logp = reach[n] + (first if side == 0 else first - z[n])   # log σ(-z) = log σ(z) - z
+            child = children[n, side]
+            if child < V:
+                out[child] = logp
+            else:
+                reach[child - V] = logp
+
+
 RNN, LSTM, GRU = 0, 1, 2    # the ``cell`` codes of sample_lines
 
 
 @kernel(**LOOP_OPTIONS)
-def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W, cls_b, bounds,
+def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W, cls_b, bounds, children,
                  direct, read0, state0, first, eos, temperature, top_k, top_p, uniforms, generated):
     """Generate the lines of ``generated`` (m, max_length) side by side, all in this loop.
 
     Each step embeds the current tokens, steps every layer (layer weights stacked: W_x0 for
     layer 0, W_x[l-1] above it, W_h[l], b[l], b_hn[l] for the GRU), takes p(w | h) from the
-    top layer (``bounds`` > 2 entries: class softmax) and draws the next token of line i
-    with uniforms[i, t]. A line that draws ``eos`` leaves the batch. All lines start from
-    ``state0`` (layers, state parts, H) with input ``first``. With n-gram features
-    (``read0`` (K,) not empty: the inputs read so far, newest first, ``first`` included) the
-    logits add ``direct``'s weights (rnngen.maxent). Returns each line's length.
+    top layer (``bounds`` > 2 entries: class softmax; ``children`` not empty: hierarchical,
+    out_W and out_b then the tree's inner nodes', see :func:`tree_logprobs`) and draws the
+    next token of line i with uniforms[i, t]. A line that draws ``eos`` leaves the batch.
+    All lines start from ``state0`` (layers, state parts, H) with input ``first``. With
+    n-gram features (``read0`` (K,) not empty: the inputs read so far, newest first,
+    ``first`` included) the logits add ``direct``'s weights (rnngen.maxent). Returns each
+    line's length.
     """
     m, max_length = generated.shape
     L, H = W_h.shape[0], W_h.shape[1]
@@ -523,6 +565,7 @@ def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W
     acts = np.empty(W_h.shape[2], dtype=dtype)
     tc = np.empty(H, dtype=dtype)
     hn = np.empty(H, dtype=dtype)
+    word_logp = np.empty(embed.shape[0], dtype=dtype)              # hierarchical: log p(w | h)
     lengths = np.full(m, max_length, dtype=np.int64)
     current = np.full(m, first, dtype=np.int64)
     K = read0.shape[0]
@@ -549,7 +592,7 @@ def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W
                 else:
                     gru_step(xproj[r], rec[r], b_hn[layer], h[layer, r], acts, hn, h[layer, r])
             x = h[layer, :n]
-        logits = np.dot(x, out_W)                                   # h_t V
+        logits = np.dot(x, out_W)                                   # h_t V (hierarchical: the nodes' h W_n)
         cls_logits = np.dot(x, cls_W)
         live = 0
         for r in range(n):
@@ -557,11 +600,15 @@ def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W
             cls_logits[r] += cls_b
             if K > 0:
                 ngram_bases(read[r], direct.shape[0] - 1, bases[0])
-                add_direct(logits[r:r + 1], bases, direct, 0)           # + sum_n d[b_n + w]
+                add_direct(logits[r:r + 1], bases, direct, 0)           # + sum_n d[b_n + w] (hs: node w)
                 add_direct(cls_logits[r:r + 1], bases, direct, V)
-            if len(bounds) > 2:
+            row = logits[r]
+            if len(children):
+                tree_logprobs(logits[r], children, word_logp)
+                row = word_logp
+            elif len(bounds) > 2:
                 class_logprobs(logits[r], cls_logits[r], bounds)
-            token = sample_row(logits[r], temperature, top_k, top_p, uniforms[line[r], t])
+            token = sample_row(row, temperature, top_k, top_p, uniforms[line[r], t])
             generated[line[r], t] = token
             if token == eos:
                 lengths[line[r]] = t

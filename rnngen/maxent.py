@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import context_bases, sgd_direct
+from .kernels import context_bases, sgd_direct, sgd_direct_nodes
 
 
 def history(order: int) -> int:
@@ -52,13 +52,22 @@ class HashedGrad:
         self.blocks: list[tuple[np.ndarray, np.ndarray, int]] = []
 
     def add(self, bases: np.ndarray, dlogits: np.ndarray, offset: int = 0) -> None:
+        """dlogits[i, j] at (bases[i, k] + offset + j) mod |d|: a slice of words per context."""
         self.blocks.append((bases, dlogits, offset))
+
+    def add_nodes(self, bases: np.ndarray, nodes: np.ndarray, dz: np.ndarray) -> None:
+        """dz[i, j] at (bases[i, k] + nodes[i, j]) mod |d|, up to a node -1: a tree's path per row."""
+        self.blocks.append((bases, dz, nodes))
 
     def sgd(self, direct: np.ndarray, step: float) -> None:
         """d <- d - step * gradient."""
-        for bases, dlogits, offset in self.blocks:
-            sgd_direct(direct, np.ascontiguousarray(bases), np.ascontiguousarray(dlogits), offset,
-                       direct.dtype.type(step))
+        t = direct.dtype.type
+        for bases, values, where in self.blocks:
+            bases, values = np.ascontiguousarray(bases), np.ascontiguousarray(values)
+            if isinstance(where, np.ndarray):
+                sgd_direct_nodes(direct, bases, where, values, t(step))
+            else:
+                sgd_direct(direct, bases, values, where, t(step))
 
     def __array__(self, dtype=None, copy=None):
         dense = np.zeros(self.size, dtype=self.dtype)

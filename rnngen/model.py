@@ -77,7 +77,7 @@ class Model:
 
     @property
     def dtype(self):
-        return self.params["out.b"].dtype
+        return self.params["embed"].dtype
 
     def num_params(self) -> int:
         return sum(v.size for v in self.params.values())

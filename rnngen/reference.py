@@ -19,7 +19,8 @@ without dropout):
     h^k_t = cell(x^k_t, h^k_{t-1})     layer k; h^k_{-1} is the state carried in
     x^{k+1}_t = h^k_t * m_{k+1}        its output, dropped out, is the next layer's input
     o_t = x^L_t V + c                  logits over the vocabulary
-    p_t = softmax(o_t)                 (or the class-factored p, see class_softmax)
+    p_t = softmax(o_t)                 (or the class-factored p, see class_softmax; or the
+                                        hierarchical one, see hierarchical_softmax)
     NLL = -Σ_t Σ_b log p_t[x_{t+1}]    the chunk's summed NLL; gradients are of NLL / B
 
 The names follow the code (``embed``, ``l<k>.W_x`` ...); the notation table that maps them
@@ -210,9 +211,28 @@ def class_softmax(h, y, V, c, V_C, c_C, bounds, scale):
     return logp_k + logp[np.arange(len(y)), y], dh, h.T @ do, do.sum(axis=0), dV_C, dc_C
 
 
+def hierarchical_softmax(h, y, W, b, tree, scale):
+    """p(y | h) = Π over the inner nodes n on y's path of σ(z_n) (y under n's first child)
+    or σ(-z_n) (under its second), z_n = h · W_n + b_n; ``tree`` lists node n's children at
+    2n, 2n+1 (ids < |V| words, |V| + m inner node m). -> (log p[y], dL/dh, dL/dW, dL/db)."""
+    parent = {child: divmod(k, 2) for k, child in enumerate(tree)}   # id -> (inner node, 0 first / 1 second)
+    z = h @ W.T + b                                                # z_n = h · W_n + b_n, every node n
+    logp, dz = np.zeros(len(y)), np.zeros_like(z)
+    for i, node in enumerate(y):
+        while node in parent:                                      # from the leaf up to the root
+            n, second = parent[node]
+            logp[i] += np.log(sigmoid(-z[i, n] if second else z[i, n]))   # log p += log σ(±z_n)
+            dz[i, n] = scale * (sigmoid(z[i, n]) - (1 - second))   # dL/dz_n = s (σ(z_n) - [first])
+            node = len(tree) // 2 + 1 + n                          # up: inner node n's id
+    return logp, dz @ W, dz.T @ h, dz.sum(axis=0)                  # dh = dz W, dW = dz^T h, db = Σ dz
+
+
 def output_layer(params, config, h, y, scale):
     """The config's softmax over rows h -> (log p[y], dL/dh, gradients of out.*, cls.*, and
     when tied of embed)."""
+    if config.softmax == "hs":
+        logp, dh, dW, db = hierarchical_softmax(h, y, params["hs.W"], params["hs.b"], config.tree, scale)
+        return logp, dh, {"hs.W": dW, "hs.b": db}
     V = params["embed"].T if config.tie_weights else params["out.W"]   # tied: V = E^T
     grads = {}
     if config.softmax == "class":

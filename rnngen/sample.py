@@ -82,7 +82,7 @@ def _sample_block(model, primed, read, uniforms, eos, temperature, top_k, top_p,
     W_x = np.stack([lp["W_x"] for lp in layers[1:]]) if cfg.layers > 1 else np.empty((0, H, 0), dtype)
     b_hn = np.stack([lp.get("b_hn", np.zeros(H, dtype)) for lp in layers])
     W_h, b = np.stack([lp["W_h"] for lp in layers]), np.stack([lp["b"] for lp in layers])
-    output, state0 = model.output.class_form(model.params), np.ascontiguousarray(primed[:, :, 0])
+    output, state0 = model.output.sample_form(model.params), np.ascontiguousarray(primed[:, :, 0])
     K = max(cfg.direct_order - 1, 0)
     read0 = np.array((list(reversed(read)) + [0] * K)[:K], dtype=np.int64)   # newest first, <eos> before the start
     direct = model.params.get("direct", np.zeros(1, dtype))

@@ -6,6 +6,8 @@
            contiguous id range, and p(w | h) = p(class(w) | h) · p(w | class(w), h) — two
            small softmaxes, about H·(C + |V|/C) per token. Still a proper distribution, so
            scores and samples stay exact.
+``hs``     hierarchical softmax over a Huffman tree of the words (rnngen.hsoftmax): about
+           H·(mean path length) per token, ~log2 |V|.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from .blas import Packed, exp_in_place, matmul
 from .config import frequency_classes as frequency_classes  # re-exported: it was defined here
+from .hsoftmax import NO_TREE, HierarchicalSoftmax
 from .jit import interpreting
 from .kernels import add_direct, row_sums, softmax_grad_rows, softmax_xent_rows
 from .lanes import SERIAL, Lanes
@@ -93,6 +96,10 @@ class FullSoftmax:
         W = self.weight(p)
         return (np.ascontiguousarray(W), p["out.b"], np.zeros((W.shape[0], 1), dtype=W.dtype),
                 np.zeros(1, dtype=W.dtype), np.array([0, W.shape[1]], dtype=np.int64))
+
+    def sample_form(self, p):
+        """The output-layer arguments of ``kernels.sample_lines``: the class form and no tree."""
+        return (*self.class_form(p), NO_TREE)
 
     def prepare(self, p) -> None:
         """Store out.W (H, V) and out.b (V,) as the rows of one (H+1, V) array; ``p`` then
@@ -315,4 +322,4 @@ class ClassSoftmax(FullSoftmax):
         return logp, dtop, grads
 
 
-OUTPUTS = {"full": FullSoftmax, "class": ClassSoftmax}     # config.SOFTMAX_NAMES, in its order
+OUTPUTS = {"full": FullSoftmax, "class": ClassSoftmax, "hs": HierarchicalSoftmax}   # config.SOFTMAX_NAMES, in order

@@ -590,8 +590,8 @@ def _fit_batch_size(config: TrainConfig, n_tokens: int, log: Callable[[str], Non
 
 
 def _new_run(model_config: ModelConfig, config: TrainConfig, train_ids: np.ndarray) -> Run:
-    model_config = model_config.with_classes(token_counts(train_ids, model_config.vocab_size))
-    model_config = model_config.with_direct_size(len(train_ids))
+    counts = token_counts(train_ids, model_config.vocab_size)
+    model_config = model_config.with_classes(counts).with_tree(counts).with_direct_size(len(train_ids))
     model = init_model(model_config, seed=config.seed)
     return Run(model, make_optimizer(config.optimizer, model.params), model.zero_state(config.batch_size),
                np.random.default_rng(config.seed + 1), Progress(lr=config.lr, data=fingerprint(train_ids)))
@@ -794,7 +794,9 @@ def measure_speed(model_config: ModelConfig, config: TrainConfig, train_ids: np.
             x, y = data.chunk(steps % data.count)
             masks = run.model.dropout_masks(run.rng, *x.shape) if model_config.dropout > 0 else None
             t0 = time.perf_counter()
-            run.state = train_step(run.model, run.optim, x, y, run.state, config.lr, config.clip, masks, lanes).state
+            run.state = train_step(run.model, run.optim, x, y, run.state, config.lr, config.clip, masks, lanes,
+                                   before=data.before(steps % data.count, run.model.history),
+                                   direct_lr=config.direct_lr).state
             if steps >= WARMUP_STEPS:
                 tokens, timed = tokens + x.size, timed + time.perf_counter() - t0
             steps += 1

@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "corpora"))
 # this process only (no rnngen commands started, no training runs beyond a few steps).
 UNIT_FILES = {"test_reference.py", "test_gradients.py", "test_optim.py", "test_class_softmax.py", "test_corpus.py",
               "test_checkpoint.py", "test_probabilities.py", "test_sample.py", "test_metrics.py", "test_textplot.py",
-              "test_plot.py", "test_jit.py", "test_cloze.py", "test_budget.py"}
+              "test_plot.py", "test_jit.py", "test_cloze.py", "test_budget.py", "test_hsoftmax.py",
+              "test_maxent.py"}
 
 
 def pytest_collection_modifyitems(items):

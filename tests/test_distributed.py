@@ -145,10 +145,11 @@ def test_a_job_trains_what_one_process_does(corpus, one_process, ranks):
 
 @needs_mpi
 @pytest.mark.parametrize("model", [["--cell", "lstm", "--layers", "2", "--tie-weights", "--softmax", "class"],
-                                   ["--cell", "gru", "--optimizer", "adagrad", "--threads", "2"]])
+                                   ["--cell", "gru", "--optimizer", "adagrad", "--threads", "2"],
+                                   ["--softmax", "hs", "--optimizer", "adagrad"]])
 def test_other_models_and_optimisers_train_alike_in_a_job(corpus, tmp_path, model):
     """Tied weights (a dense embedding gradient), the class softmax, Adagrad's row-sparse
-    update, and two lanes in each rank."""
+    update, two lanes in each rank, and the hierarchical softmax."""
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"
     r = run(rnngen_cmd(corpus, one, *model))
     assert r.returncode == 0, r.stderr
@@ -376,3 +377,24 @@ def test_scoring_splits_lines_and_streams_over_the_ranks(corpus, one_process):
     assert stream.returncode == split.returncode == 0, split.stderr
     (a,), (b,) = score_rows(stream.stdout), score_rows(split.stdout)
     assert b[2:] == a[2:] and float(b[0]) == pytest.approx(float(a[0]), abs=1e-2)
+
+
+def test_a_row_sparse_gradient_other_than_the_embeddings_is_reduced_dense():
+    """The hierarchical softmax's hs.W gradient is a RowGrad over its targets' tree nodes,
+    rows that the chunk's inputs do not name: reduce_step sums it dense."""
+    from rnngen.distributed import CONTROLS, reduce_step
+    from rnngen.rowgrad import RowGrad
+
+    class Twice:                                                   # two ranks holding the same values
+        size = 2
+
+        def allreduce(self, buffer):
+            buffer *= 2
+
+    inputs = np.array([[1, 3]])
+    embed = RowGrad(np.array([1, 3]), np.ones((2, 2), dtype=np.float32), (5, 2))
+    nodes = RowGrad(np.array([0, 4]), np.full((2, 3), 0.5, dtype=np.float32), (6, 3))
+    nll, out, _ = reduce_step(Twice(), 1.5, {"embed": embed, "hs.W": nodes}, inputs, np.zeros(CONTROLS))
+    assert nll == 3.0 and isinstance(out["embed"], RowGrad)
+    np.testing.assert_array_equal(np.asarray(out["embed"]), 2 * np.asarray(embed))
+    np.testing.assert_array_equal(np.asarray(out["hs.W"]), 2 * np.asarray(nodes))

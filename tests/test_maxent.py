@@ -26,8 +26,7 @@ V, T, B, SIZE = 23, 5, 3, 256          # a small hash: slices wrap around its en
 def _model(softmax="full", cell="rnn", order=3, layers=1, seed=0):
     cfg = ModelConfig(vocab_size=V, hidden=6, cell=cell, layers=layers, softmax=softmax, direct_order=order,
                       direct_size=SIZE)
-    if softmax == "class":
-        cfg = cfg.with_classes(np.arange(V, 0, -1))
+    cfg = cfg.with_classes(np.arange(V, 0, -1)).with_tree(np.arange(V, 0, -1))
     model = Model.init(cfg, seed=seed, dtype=np.float64)
     rng = np.random.default_rng(seed + 1)
     for v in model.params.values():
@@ -36,7 +35,7 @@ def _model(softmax="full", cell="rnn", order=3, layers=1, seed=0):
 
 
 @pytest.mark.parametrize("softmax,cell,order", [("full", "rnn", 2), ("full", "lstm", 4), ("class", "rnn", 3),
-                                                ("class", "gru", 5)])
+                                                ("class", "gru", 5), ("hs", "rnn", 4), ("hs", "lstm", 3)])
 def test_gradients_match_finite_differences(softmax, cell, order):
     model = _model(softmax, cell, order)
     rng = np.random.default_rng(3)
@@ -48,7 +47,7 @@ def test_gradients_match_finite_differences(softmax, cell, order):
         return model.loss_and_grads(x, y, state, before=before)[0] / B
 
     _, grads, _ = model.loss_and_grads(x, y, state, before=before)
-    for name in ("direct", "out.b", "l0.W_h"):
+    for name in ("direct", "hs.b" if softmax == "hs" else "out.b", "l0.W_h"):
         g = np.asarray(grads[name]).reshape(-1)
         param = model.params[name].reshape(-1)
         picks = np.flatnonzero(g)[:: max(1, np.count_nonzero(g) // 12)]
@@ -63,7 +62,7 @@ def test_gradients_match_finite_differences(softmax, cell, order):
             assert g[i] == pytest.approx((up - down) / 2e-6, rel=1e-5, abs=1e-9), (name, i)
 
 
-@pytest.mark.parametrize("softmax", ["full", "class"])
+@pytest.mark.parametrize("softmax", ["full", "class", "hs"])
 def test_probabilities_sum_to_one_and_match_targets(softmax):
     model = _model(softmax, order=4)
     rng = np.random.default_rng(5)
@@ -97,7 +96,7 @@ def test_hash_is_the_same_compiled_and_interpreted():
     assert np.array_equal(out_py, out_jit) and (out_py < 1 << 24).all()
 
 
-@pytest.mark.parametrize("softmax", ["full", "class"])
+@pytest.mark.parametrize("softmax", ["full", "class", "hs"])
 def test_stream_scored_in_chunks_equals_one_pass(softmax):
     model = _model(softmax, order=4)
     ids = np.random.default_rng(9).integers(0, V, 60).astype(np.int32)
@@ -112,8 +111,9 @@ def test_stream_scored_in_chunks_equals_one_pass(softmax):
     assert stream_logprob(model, ids)[0] == pytest.approx(one.sum(), rel=1e-12)
 
 
-def test_greedy_sampling_follows_the_features():
-    model = _model("class", order=3, seed=4)
+@pytest.mark.parametrize("softmax", ["full", "class", "hs"])
+def test_greedy_sampling_follows_the_features(softmax):
+    model = _model(softmax, order=3, seed=4)
     for k, v in model.params.items():
         model.params[k] = v.astype(np.float32)
     model.params["direct"] *= 8                       # features that decide the argmax

@@ -34,7 +34,7 @@ def make_case(cell, tied, layers, softmax, dropout, vocab=V, hidden=H, seed=0):
     bounds = [b for b in BOUNDS if b < vocab] + [vocab]                 # BOUNDS cut at the vocabulary
     cfg = ModelConfig(vocab_size=vocab, cell=name, activation=activation, hidden=hidden, embed=0 if tied else D,
                       layers=layers, tie_weights=tied, dropout=0.3 if dropout else 0.0, softmax=softmax,
-                      class_bounds=bounds if softmax == "class" else [])
+                      class_bounds=bounds if softmax == "class" else []).with_tree(np.arange(vocab, 0, -1) % 7)
     model = Model.init(cfg, seed=seed, dtype=np.float64)
     rng = np.random.default_rng(seed)
     for v in model.params.values():
@@ -50,11 +50,13 @@ def assert_close(actual, desired, name):
 
 
 @pytest.mark.parametrize("dropout", [False, True], ids=["nodrop", "dropout"])
-@pytest.mark.parametrize("softmax", ["full", "class"])
+@pytest.mark.parametrize("softmax", ["full", "class", "hs"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_fast_path_equals_reference(cell, tied, layers, softmax, dropout):
+    if tied and softmax == "hs":
+        pytest.skip("hs has no word vectors to tie")
     model, x, y, state, masks = make_case(cell, tied, layers, softmax, dropout)
     loss, grads, final = model.loss_and_grads(x, y, state, masks)
     ref_loss, ref_grads, ref_final, _ = reference.loss_and_grads(model.params, model.config, x, y, state, masks)
@@ -83,6 +85,19 @@ def test_reference_gradients_against_finite_differences(cell):
         num = numeric_grad(f, arr)
         # Central differences are exact to O(eps²) and carry rounding of about 1e-16 / eps.
         np.testing.assert_allclose(ana, num, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+def test_reference_hs_against_finite_differences():
+    """The reference's hierarchical softmax on its own: every gradient of NLL / B."""
+    model, x, y, state, masks = make_case("gru", False, 1, "hs", True, vocab=8, hidden=4, seed=2)
+    params, cfg = model.params, model.config
+
+    def f():
+        return reference.loss_and_grads(params, cfg, x, y, state, masks)[0] / B
+
+    _, grads, _, dstate = reference.loss_and_grads(params, cfg, x, y, state, masks)
+    for name, arr, ana in [(name, params[name], grads[name]) for name in params] + [("state", state, dstate)]:
+        np.testing.assert_allclose(ana, numeric_grad(f, arr), rtol=1e-6, atol=1e-8, err_msg=name)
 
 
 def test_dropout_masks_equal_the_models():

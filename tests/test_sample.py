@@ -92,7 +92,7 @@ def built(cell, layers, softmax, tie=False, seed=5):
     vocab = Vocab.build(["a b c d e f g h", "h g f e d c b a", "a a b b c"])
     counts = np.arange(len(vocab))[::-1].astype(float)
     cfg = ModelConfig(vocab_size=len(vocab), cell=cell, hidden=10, layers=layers, softmax=softmax,
-                      classes=3, tie_weights=tie).with_classes(counts)
+                      classes=3, tie_weights=tie).with_classes(counts).with_tree(counts)
     model = Model.init(cfg, seed=seed)
     for v in model.params.values():
         v *= 3.0
@@ -100,7 +100,7 @@ def built(cell, layers, softmax, tie=False, seed=5):
 
 
 CONFIGS = [("lstm", 2, "full", False), ("gru", 2, "class", False),
-           ("rnn", 3, "class", True), ("lstm", 1, "class", True)]
+           ("rnn", 3, "class", True), ("lstm", 1, "class", True), ("gru", 2, "hs", False), ("rnn", 1, "hs", False)]
 
 
 @pytest.mark.parametrize("cell,layers,softmax,tie", CONFIGS)
@@ -121,7 +121,8 @@ def test_drawn_tokens_follow_the_models_distribution(cell, layers, softmax, tie)
     assert np.abs(counts / 6000 - p).max() < 0.025
 
 
-@pytest.mark.parametrize("cell,layers,softmax", [("rnn", 1, "full"), ("lstm", 2, "class"), ("gru", 2, "full")])
+@pytest.mark.parametrize("cell,layers,softmax", [("rnn", 1, "full"), ("lstm", 2, "class"), ("gru", 2, "full"),
+                                                 ("lstm", 1, "hs")])
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_lines_that_end_early_leave_the_others_intact(cell, layers, softmax, lanes):
     """Lines sampled together (in one kernel call, or split over two lanes) equal each line

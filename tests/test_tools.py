@@ -63,3 +63,15 @@ def test_tools_skip_in_one_line_without_both_ptb_files(tool, tmp_path, capsys):
     assert importlib.import_module(tool).main([*args, "--ptb", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == (f"{tool}: skipped: Penn Treebank not found ({tmp_path / 'train.txt'} "
                                                f"and {tmp_path / 'valid.txt'} are needed)")
+
+
+def test_softmax_speed_prints_each_layer_against_its_bound(capsys):
+    """tools/softmax_speed.py calls the output layers' loss_grad and the training step
+    directly: a rename must fail here."""
+    import softmax_speed
+
+    assert softmax_speed.main(["--ptb", str(CORPUS), "--hidden", "8", "--chunks", "2", "--gemm", "128"]) == 0
+    out = capsys.readouterr().out
+    for layer in ("full", "class", "hs"):
+        assert sum(line.startswith(f"{layer} ") for line in out.splitlines()) == 2, out
+    assert "3HV" in out and "nodes" in out and "of bound" in out

@@ -1,11 +1,24 @@
-"""Training throughput of the full against the class-factored softmax, side by side.
+"""Training throughput of the output layers (full, class-factored, hierarchical), each
+against its arithmetic bound, then in whole training steps.
 
     python tools/softmax_speed.py [--ptb ../shared/corpora/ptb] [--hidden 200] [--chunks 30]
 
-One process, the same PTB id stream and model size; the two models' training steps
-(:func:`rnngen.train.train_step`: loss and gradients, clipping, SGD update) are
-timed alternately, chunk by chunk, so a busy machine slows both alike. Prints tokens/s
-(median and best chunk) and the ratio.
+One process, one thread, the same PTB id stream (the first 700 = 20 x 35 targets a step).
+
+1. The output layer alone: ``output.loss_grad`` on random top-layer states with PTB's
+   targets, then the gradient norm and an SGD update of the layer's weights. Next to each
+   layer's tokens/s its bound: the multiply-adds a token needs (forward, dh and dW: 3 per
+   weight used) at the machine's single-thread float32 GEMM rate (a large sgemm, timed here):
+
+       full   3·H·V
+       class  3·H·(C + E[class size])    E over PTB's tokens: frequent words sit in small classes
+       hs     3·H·E[path length]         E over PTB's tokens, in the Huffman tree
+
+2. Whole training steps (:func:`rnngen.train.train_step`: loss and gradients, clipping, SGD
+   update) of a vanilla RNN with each layer.
+
+The layers' steps alternate chunk by chunk, so a busy machine slows them alike. Prints
+tokens/s (median and best chunk).
 """
 
 from __future__ import annotations
@@ -19,47 +32,125 @@ import numpy as np
 
 from rnngen import blas
 from rnngen.model import Model, ModelConfig
-from rnngen.optim import SGD
+from rnngen.optim import SGD, global_norm
 from rnngen.train import batchify, prepare_data, time_major, train_step
 
+LAYERS = ("full", "class", "hs")
+ROWS = 700                                       # 20 streams x 35 steps
 
-def main() -> None:
+
+def gemm_rate(n: int = 2048, repeats: int = 3) -> float:
+    """Multiply-adds per second of one float32 (n x n) @ (n x n) product, best of ``repeats``."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, a, out=out)                                       # warm-up
+    best = min(_timed(np.matmul, a, a, out) for _ in range(repeats))
+    return n ** 3 / best
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def madds_per_token(model: Model, counts: np.ndarray) -> tuple[float, str]:
+    """(multiply-adds per token of the layer's training step, how they were counted)."""
+    cfg, p = model.config, counts / counts.sum()
+    H, V = cfg.hidden, cfg.vocab_size
+    if cfg.softmax == "class":
+        bounds = np.asarray(cfg.class_bounds)
+        size = np.repeat(np.diff(bounds), np.diff(bounds))         # each word's class size
+        expected = float(p @ size)
+        return 3 * H * (len(bounds) - 1 + expected), f"3H(C + {expected:.0f}), C = {len(bounds) - 1}"
+    if cfg.softmax == "hs":
+        path = model.output.mean_path(counts)
+        return 3 * H * path, f"3H x {path:.2f} nodes"
+    return 3 * H * V, "3HV"
+
+
+def layer_alone(models: dict, ids: np.ndarray, hidden: int, chunks: int) -> dict:
+    """Seconds per step of each layer's loss_grad + norm + SGD, alternating, after 2 warm-ups."""
+    rng = np.random.default_rng(1)
+    times = {k: [] for k in models}
+    for i in range(chunks + 2):
+        top = np.tanh(rng.standard_normal((ROWS, hidden))).astype(np.float32)
+        targets = ids[i * ROWS:(i + 1) * ROWS].astype(np.int64)
+        for k, (model, params, optim) in models.items():
+            t0 = time.perf_counter()
+            _, _, grads = model.output.loss_grad(params, top, targets, 1 / 20)
+            optim.step(params, grads, 0.1, min(1.0, 5.0 / global_norm(grads)))
+            if i >= 2:
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def whole_steps(runs: dict, inputs, targets, chunks: int) -> dict:
+    times = {k: [] for k in runs}
+    for i in range(chunks + 2):
+        x, y = time_major(inputs, i * 35, (i + 1) * 35), time_major(targets, i * 35, (i + 1) * 35)
+        for k, run in runs.items():
+            t0 = time.perf_counter()
+            run["state"] = train_step(run["model"], run["optim"], x, y, run["state"], 1.0, 5.0).state
+            if i >= 2:                                  # the first chunks compile and warm up
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def rates(times: list) -> tuple[float, float]:
+    return ROWS / statistics.median(times), ROWS / min(times)
+
+
+def main(argv=None) -> int:
     root = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ptb", default=str(root.parent / "shared" / "corpora" / "ptb"))
     ap.add_argument("--hidden", type=int, default=200)
     ap.add_argument("--chunks", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    ap.add_argument("--gemm", type=int, default=2048, help="size of the timed sgemm")
+    args = ap.parse_args(argv)
     train_txt = Path(args.ptb) / "train.txt"
     if not train_txt.exists():
         print(f"softmax_speed: {train_txt} not found; skipped")
-        return
+        return 0
     blas.set_threads(args.threads)
     vocab, ids, _ = prepare_data([str(train_txt)], valid_fraction=0)
-    counts = np.bincount(ids, minlength=len(vocab))
+    counts = np.bincount(ids, minlength=len(vocab)).astype(np.float64)
+    chunks = min(args.chunks, len(ids) // ROWS - 3)
+    configs = {k: ModelConfig(vocab_size=len(vocab), hidden=args.hidden, softmax=k) for k in LAYERS}
+    configs = {k: cfg.with_classes(counts).with_tree(counts) for k, cfg in configs.items()}
+    rate = gemm_rate(args.gemm)
+    models = {}
+    for k, cfg in configs.items():
+        model = Model.init(cfg, seed=0)
+        params = {n: v for n, v in model.params.items() if n in cfg.output_shapes()}
+        models[k] = (model, params, SGD(params))
+    alone = layer_alone(models, ids, args.hidden, chunks)
+    print(f"PTB, V = {len(vocab):,}, H = {args.hidden}, {ROWS} rows a step, {args.threads} BLAS thread(s), "
+          f"{chunks} steps each; sgemm {args.gemm}: {rate / 1e9:.1f} G multiply-adds/s")
+    print("output layer alone (loss_grad + norm + SGD):")
+    print(f"{'softmax':8s} {'tokens/s (median)':>18s} {'(best)':>12s} {'bound':>12s} {'of bound':>9s}  "
+          "multiply-adds/token")
+    for k, times in alone.items():
+        med, best = rates(times)
+        madds, how = madds_per_token(models[k][0], counts)
+        bound = rate / madds
+        print(f"{k:8s} {med:18,.0f} {best:12,.0f} {bound:12,.0f} {med / bound:8.0%}  {madds:,.0f} = {how}")
     inputs, targets = batchify(ids, 20)
     runs = {}
-    for softmax in ("full", "class"):
-        cfg = ModelConfig(vocab_size=len(vocab), hidden=args.hidden, softmax=softmax).with_classes(counts)
+    for k, cfg in configs.items():
         model = Model.init(cfg, seed=0)
-        runs[softmax] = {"model": model, "optim": SGD(model.params), "state": model.zero_state(20), "times": []}
-    for i in range(args.chunks + 2):
-        x, y = time_major(inputs, i * 35, (i + 1) * 35), time_major(targets, i * 35, (i + 1) * 35)
-        for run in runs.values():
-            t0 = time.perf_counter()
-            run["state"] = train_step(run["model"], run["optim"], x, y, run["state"], 1.0, 5.0).state
-            if i >= 2:                                  # the first chunks compile and warm up
-                run["times"].append(time.perf_counter() - t0)
-    rate = {k: (700 / statistics.median(r["times"]), 700 / min(r["times"])) for k, r in runs.items()}
-    print(f"PTB, vanilla RNN hidden {args.hidden}, batch 20 x bptt 35, {args.threads} BLAS thread(s), "
-          f"{args.chunks} chunks each, {len(runs['class']['model'].output.bounds) - 1} classes")
-    print(f"{'softmax':8s} {'tokens/s (median)':>18s} {'tokens/s (best)':>16s}")
-    for k, (med, best) in rate.items():
-        print(f"{k:8s} {med:18,.0f} {best:16,.0f}")
-    print(f"class / full: {rate['class'][0] / rate['full'][0]:.2f}x (median), "
-          f"{rate['class'][1] / rate['full'][1]:.2f}x (best)")
+        runs[k] = {"model": model, "optim": SGD(model.params), "state": model.zero_state(20)}
+    whole = whole_steps(runs, inputs, targets, min(chunks, inputs.shape[1] // 35 - 3))
+    print(f"whole training steps, vanilla RNN hidden {args.hidden}, batch 20 x bptt 35:")
+    print(f"{'softmax':8s} {'tokens/s (median)':>18s} {'(best)':>12s} {'/ full':>7s}")
+    full = rates(whole["full"])[0]
+    for k, times in whole.items():
+        med, best = rates(times)
+        print(f"{k:8s} {med:18,.0f} {best:12,.0f} {med / full:6.2f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
