@@ -307,15 +307,16 @@ def train(ctx, corpus, output, resume_path, quiet, dry_run, threads, workers, bi
     if config.log_file and not dry_run:
         kept = ctx.get_parameter_source("log_file") == click.core.ParameterSource.DEFAULT    # the checkpoint's
         config.log_file = _log_file(config.log_file, output, kept)
-    notes: list[str] = []                               # said after the choice and the BLAS line
+    notes: list[str] = []                               # said after the BLAS line and the choice
     vocab, train_ids, valid_ids = prepare_data(list(corpus), **data, vocab=resume.vocab if resume else None,
                                                log=notes.append)
     if not quiet:
         jit.before_compile(_announce_compiling)         # measuring for a budget compiles too
     model_config, config, choice = _choose(ctx, model, config, resume, budget, started, len(vocab), train_ids,
                                            valid_ids, threads)
-    for note in [f"rnngen: options: {option_list(choice.options)}", *(f"rnngen: {line}" for line in
-                 [*reason_lines(choice), *choice.notes]), f"rnngen: {blas.chosen().describe()}", *notes]:
+    why = [*reason_lines(choice), *choice.notes] if budget or dry_run else []     # said when something was chosen
+    for note in [f"rnngen: {blas.chosen().describe()}", f"rnngen: options: {option_list(choice.options)}",
+                 *(f"rnngen: {line}" for line in why), *notes]:
         log(note)
     log(f"rnngen: {len(train_ids):,} training tokens, "
         f"{len(valid_ids) if valid_ids is not None else 0:,} validation tokens, vocabulary {len(vocab):,}")
