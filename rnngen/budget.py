@@ -82,6 +82,7 @@ class Speed:
     validation: float               # seconds a validation of the whole validation stream takes
     write: float                    # seconds a checkpoint write is expected to take
     seconds: float = 0.0            # what measuring it cost
+    threads: int = 0                # the threads it was measured on, the faster count (0: not measured)
 
 
 def reserve_seconds(validation: float, write: float) -> float:
@@ -158,6 +159,7 @@ class Choice:
     options: dict
     reasons: dict
     notes: list = field(default_factory=list)
+    threads: int = 0                # threads training runs on: the faster measured, 0 = train()'s default
 
 
 def overlay(candidate: Candidate, given: dict, training_tokens: int, direct: bool) -> dict:
@@ -212,13 +214,14 @@ def choose(given: dict, budget: float, spent: Callable[[], float], training_toke
     options = {**best.options, **schedule(best.options, best.candidate, best.planned, given)}
     c = best.candidate
     chosen = f"chose candidate {c.name}: needs {c.needs:g} epochs, {best.planned:.1f} fit ({c.why})"
-    return Choice(options, _reasons(options, given, best), [*map(_measured, plans), chosen])
+    return Choice(options, _reasons(options, given, best), [*map(_measured, plans), chosen], best.speed.threads)
 
 
 def _measured(p: Plan) -> str:
     o = p.options
     return (f"candidate {p.candidate.name} ({o['cell']} {o['layers']}x{o['hidden']}, {o['optimizer']}): "
-            f"{p.speed.tokens_per_s:,.0f} tok/s, {p.planned:.1f} epochs fit (needs {p.candidate.needs:g}); "
+            f"{p.speed.tokens_per_s:,.0f} tok/s on {p.speed.threads or '?'} thread(s), {p.planned:.1f} epochs fit "
+            f"(needs {p.candidate.needs:g}); "
             f"measured in {p.speed.seconds:.1f}s")
 
 

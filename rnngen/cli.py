@@ -325,7 +325,7 @@ def train(ctx, corpus, output, resume_path, quiet, dry_run, threads, workers, bi
         return
     try:
         run_training(train_ids, valid_ids, vocab, model_config, config, output, resume=resume, log=log,
-                     progress=not quiet and sys.stderr.isatty(), threads=threads,
+                     progress=not quiet and sys.stderr.isatty(), threads=threads or choice.threads or None,
                      deadline=Deadline(started + budget, budget) if budget else None)
     except TrainingInterrupted as exc:
         _exit_interrupted(ctx, exc, output, corpus, data, config, quiet, budget)

@@ -779,27 +779,38 @@ def measure_speed(model_config: ModelConfig, config: TrainConfig, train_ids: np.
                   valid_ids: np.ndarray | None, threads: int | None = None,
                   seconds: float = MEASURE_SECONDS) -> Speed:
     """This model's training speed here: warm-up steps (they compile), then steps on the start
-    of the stream for ``seconds``, with the threads train() would use; and the expected times
-    of a validation (:func:`rnngen.budget.validation_seconds`) and of a checkpoint write."""
+    of the stream for ``seconds``, with ``threads``, or, when None, with one thread and with
+    all cores, keeping the faster (the speed choice is made by measuring, on this machine);
+    and the expected times of a validation (:func:`rnngen.budget.validation_seconds`) and of
+    a checkpoint write."""
     started = time.perf_counter()
     head = np.ascontiguousarray(train_ids[:config.batch_size * config.bptt * 8 + 1], dtype=np.int32)
     config = _fit_batch_size(config, len(head), lambda msg: None)
     model_config = model_config.with_classes(token_counts(train_ids, model_config.vocab_size))     # the run's classes
     run = _new_run(model_config, config, head)
     data = Chunks(*batchify(head, config.batch_size), config.bptt)
-    threads = threads or blas.auto_threads(model_config.hidden, model_config.vocab_size)
-    tokens, timed, steps = 0, 0.0, 0
-    with training(threads, model_config.softmax) as lanes, np.errstate(over="ignore", invalid="ignore"):
-        while steps < WARMUP_STEPS + MEASURE_STEPS[0] or (timed < seconds and steps < WARMUP_STEPS + MEASURE_STEPS[1]):
-            x, y = data.chunk(steps % data.count)
-            masks = run.model.dropout_masks(run.rng, *x.shape) if model_config.dropout > 0 else None
-            t0 = time.perf_counter()
-            run.state = train_step(run.model, run.optim, x, y, run.state, config.lr, config.clip, masks, lanes,
-                                   before=data.before(steps % data.count, run.model.history),
-                                   direct_lr=config.direct_lr).state
-            if steps >= WARMUP_STEPS:
-                tokens, timed = tokens + x.size, timed + time.perf_counter() - t0
-            steps += 1
+    counts = [threads] if threads else sorted({1, dist.world().threads()})
+    rates = {n: _step_rate(run, data, config, n, WARMUP_STEPS if n == counts[0] else 1, seconds) for n in counts}
+    threads = max(rates, key=rates.get)
     validation = validation_seconds(lambda ids: validate(run.model, ids, threads), valid_ids)
     write = write_seconds(_checkpoint_bytes(run, 8 * model_config.vocab_size))      # about 4 bytes a token
-    return Speed(tokens / max(timed, 1e-9), validation, write, time.perf_counter() - started)
+    return Speed(rates[threads], validation, write, time.perf_counter() - started, threads)
+
+
+def _step_rate(run: Run, data: Chunks, config: TrainConfig, threads: int, warmup: int, seconds: float) -> float:
+    """Training tokens/s of ``run``'s model on ``threads``: the median of steps timed after
+    ``warmup`` ones (the first compiles, the next still allocate), for ``seconds``."""
+    rates, timed, steps = [], 0.0, 0
+    with training(threads, run.model.config.softmax) as lanes, np.errstate(over="ignore", invalid="ignore"):
+        while steps < warmup + MEASURE_STEPS[0] or (timed < seconds and steps < warmup + MEASURE_STEPS[1]):
+            i = steps % data.count
+            x, y = data.chunk(i)
+            masks = run.model.dropout_masks(run.rng, *x.shape) if run.model.config.dropout > 0 else None
+            t0 = time.perf_counter()
+            run.state = train_step(run.model, run.optim, x, y, run.state, config.lr, config.clip, masks, lanes,
+                                   before=data.before(i, run.model.history), direct_lr=config.direct_lr).state
+            if steps >= warmup:
+                rates.append(x.size / (time.perf_counter() - t0))
+                timed += x.size / rates[-1]
+            steps += 1
+    return float(np.median(rates))          # median: a hiccup of the machine is not the model's speed
