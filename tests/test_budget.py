@@ -112,7 +112,7 @@ def test_a_given_optimizer_takes_its_own_rate():
     assert 1 <= choice.options["decay_after"] < choice.options["epochs"] and 0.5 <= choice.options["lr_decay"] < 1
 
 
-def test_direct_features_only_when_rnngen_has_them():
+def test_direct_features_unless_the_chooser_is_told_otherwise():
     with_direct, _ = pick({}, 30, direct=True)
     assert with_direct.options["direct_order"] == 4 and with_direct.options["direct_size"] == 2**24
     assert "--direct-order 4 --direct-size 16777216" in option_list(with_direct.options)
@@ -176,3 +176,25 @@ def test_training_at_its_deadline_validates_saves_and_returns(tmp_path):
     assert out.exists() and len(ckpt.history) == 1
     entry = ckpt.history[0]
     assert entry["partial"] and entry["step"] == 1 and entry["valid_ppl"] is not None
+
+
+def test_measuring_tries_one_thread_and_all_cores_and_keeps_the_faster(monkeypatch):
+    import rnngen.train as train_module
+    from rnngen.model import ModelConfig
+    from rnngen.train import TrainConfig, measure_speed, prepare_data
+
+    vocab, tr, va = prepare_data([str(CORPUS / "train.txt")], str(CORPUS / "valid.txt"))
+    monkeypatch.setattr(train_module.dist.World, "threads", lambda self: 2)
+    real, tried = train_module._step_rate, {}
+
+    def rate(run, data, config, threads, warmup, seconds):
+        tried[threads] = real(run, data, config, threads, warmup, 0.05)
+        return 1000.0 * threads if threads == 2 else 5000.0          # one thread measured faster
+
+    monkeypatch.setattr(train_module, "_step_rate", rate)
+    speed = measure_speed(ModelConfig(vocab_size=len(vocab), hidden=16, softmax="class", direct_order=3,
+                                      direct_size=2**16), TrainConfig(), tr[:20000], va[:500])
+    assert set(tried) == {1, 2} and all(r > 0 for r in tried.values())
+    assert speed.threads == 1 and speed.tokens_per_s == 5000.0 and speed.validation > 0 and speed.write > 0
+    assert measure_speed(ModelConfig(vocab_size=len(vocab), hidden=16), TrainConfig(), tr[:20000], None,
+                         threads=2).threads == 2
