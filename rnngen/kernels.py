@@ -300,6 +300,24 @@ def softmax_xent_rows(logits, targets, scale, logp):
         logp[i] -= np.log(z[i])                                    # log p = o - m - log z
 
 
+@kernel(**LOOP_OPTIONS)
+def class_softmax_rows(logits, bias, targets, scale, logp, dbias):
+    """One class's block of the class softmax, logits o = h V_C (a few rows, the class's
+    words): o_i += c_C, then as softmax_xent_rows (logp[i] = log p(targets[i] | class, h_i),
+    o_i <- scale (p - y)), then dbias = sum_i o_i, the gradient of c_C. One call per class
+    where NumPy would take a bias add, a dozen softmax calls and a column sum."""
+    for i in range(logits.shape[0]):
+        o = logits[i]
+        for j in range(o.shape[0]):
+            o[j] += bias[j]                                        # o = h V_C + c_C
+    softmax_xent_rows(logits, targets, scale, logp)
+    dbias[:] = 0
+    for i in range(logits.shape[0]):
+        o = logits[i]
+        for j in range(o.shape[0]):
+            dbias[j] += o[j]                                       # dc_C = sum_i do_i
+
+
 @kernel(**SUM_OPTIONS)
 def row_sum(row):
     """The sum of a row of floats, added up in float64: the softmax's normaliser."""

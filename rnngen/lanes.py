@@ -131,12 +131,13 @@ def shared(count: int) -> Lanes:
 def training_lanes(threads: int, softmax: str) -> Lanes:
     """How a training step uses ``threads`` threads; sets NumPy's BLAS to match.
 
-    Full softmax: one lane per thread, BLAS on one thread in each, which beats BLAS
-    splitting every product while the recurrence, softmax passes and optimiser leave the
-    other cores idle. The class softmax's products are per class, too small to give each
-    lane its own: BLAS splits them, lanes are serial.
+    Full and class softmax: one lane per thread, BLAS on one thread in each, which beats
+    BLAS splitting every product while the recurrence, softmax passes and optimiser leave
+    the other cores idle (the class softmax's products, one per class and too small for
+    BLAS to split well, go to the lanes class by class). Hierarchical softmax: BLAS splits
+    the products, lanes are serial.
     """
-    if threads > 1 and softmax == "full":
+    if threads > 1 and softmax in ("full", "class"):
         blas.set_threads(1)
         return shared(threads)
     blas.set_threads(threads)

@@ -20,7 +20,7 @@ from .blas import Packed, exp_in_place, matmul
 from .config import frequency_classes as frequency_classes  # re-exported: it was defined here
 from .hsoftmax import NO_TREE, HierarchicalSoftmax
 from .jit import interpreting
-from .kernels import add_direct, row_sums, softmax_grad_rows, softmax_xent_rows
+from .kernels import add_direct, class_softmax_rows, row_sums, softmax_grad_rows
 from .lanes import SERIAL, Lanes
 from .maxent import HashedGrad
 
@@ -207,6 +207,18 @@ class FullSoftmax:
         return rows, result
 
 
+# Classes of at least this many words have their products done by blas.matmul (MKL's sgemm
+# where MKL is the choice), smaller ones by np.matmul: a ctypes call costs a few µs more, and
+# MKL's small products are no faster; on the few large classes (most of the multiply-adds:
+# rare words) MKL's are 1.3-2.5 times as fast.
+LARGE_CLASS = 512
+
+
+def _product(cols: slice):
+    """The matrix product for a class of words ``cols`` (see LARGE_CLASS)."""
+    return matmul if cols.stop - cols.start >= LARGE_CLASS else np.matmul
+
+
 def _rows(bases, *index):
     """``bases`` indexed by each of ``index`` in turn, or None without n-gram features."""
     if bases is None:
@@ -244,13 +256,13 @@ class ClassSoftmax(FullSoftmax):
     def class_form(self, p):
         return np.ascontiguousarray(self.weight(p)), p["out.b"], p["cls.W"], p["cls.b"], self.bounds
 
-    def _groups(self, targets):
-        """(class, rows whose target is in it) for every class that occurs."""
+    def _by_class(self, targets):
+        """(order, class of each sorted row, starts): the rows sorted (stably) by the class of
+        their target, so that class c's rows are order[starts[c]:starts[c + 1]]."""
         cls = self.word_class[targets]
         order = np.argsort(cls, kind="stable")
-        counts = np.bincount(cls, minlength=self.n_classes)
-        starts = np.concatenate(([0], np.cumsum(counts)))
-        return cls, [(c, order[starts[c]:starts[c + 1]]) for c in np.flatnonzero(counts)]
+        starts = np.concatenate(([0], np.cumsum(np.bincount(cls, minlength=self.n_classes))))
+        return order, cls[order], starts
 
     def _class_logits(self, p, top, bases):
         """h V_C + c_C (+ n-gram features: the columns after the vocabulary's)."""
@@ -266,14 +278,33 @@ class ClassSoftmax(FullSoftmax):
             add_direct(out, bases, p["direct"], s)
         return out
 
+    def _word_block(self, p, h, y, bases, rows, cols, scale, logp, dbias):
+        """One class: its rows ``rows`` of the sorted states h, targets y, n-gram bases, and
+        its words ``cols``. Writes logp[rows] = log p(w | class, h) and dbias = dc_C; returns
+        do = scale (p(. | class, h) - y) for those rows, a new array."""
+        out = _product(cols)(h[rows], self.weight(p)[:, cols])              # o = h V_C
+        if bases is not None:
+            add_direct(out, bases[rows], p["direct"], cols.start)            # + sum_n d[b_n + w]
+        class_softmax_rows(out, p["out.b"][cols], y[rows] - cols.start, scale, logp[rows], dbias)
+        return out
+
+    def _blocks(self, starts):
+        """(its sorted rows, its words) as slices, for each class in turn."""
+        b = self.bounds
+        return [(slice(starts[c], starts[c + 1]), slice(b[c], b[c + 1])) for c in range(self.n_classes)]
+
     def logprobs(self, p, top, targets, bases=None):
-        cls, groups = self._groups(targets)
-        logp = log_softmax_pick(self._class_logits(p, top, bases), cls)      # log p(class | h)
-        for c, rows in groups:
-            s, e = self.bounds[c], self.bounds[c + 1]
-            logits = self._word_logits(p, top[rows], s, e, _rows(bases, rows))
-            logp[rows] += log_softmax_pick(logits, targets[rows] - s)   # + log p(w | class, h)
-        return logp
+        order, cls, starts = self._by_class(targets)
+        h, y, b = top[order], targets[order], _rows(bases, order)          # each class's rows a slice
+        logp = log_softmax_pick(self._class_logits(p, h, b), cls)           # log p(class | h)
+        word_logp = np.zeros(len(h))                                        # 0 in one-word classes
+        for rows, cols in self._blocks(starts):
+            if rows.start < rows.stop and cols.stop - cols.start > 1:       # NumPy: also for jobs run as Python
+                logits = self._word_logits(p, h[rows], cols.start, cols.stop, _rows(b, rows))
+                word_logp[rows] = log_softmax_pick(logits, y[rows] - cols.start)
+        out = np.empty(len(top))
+        out[order] = logp + word_logp                                       # + log p(w | class, h)
+        return out
 
     def all_logprobs(self, p, top, bases=None):
         out = self._word_logits(p, top, 0, len(self.word_class), bases)
@@ -284,42 +315,63 @@ class ClassSoftmax(FullSoftmax):
         return out
 
     def loss_grad(self, p, top, targets, scale, lanes: Lanes = SERIAL, bases=None):
-        """As FullSoftmax.loss_grad, on the calling thread alone: its products are per class."""
-        cls, groups = self._groups(targets)
-        dcls = self._class_logits(p, top, bases)
-        logp = softmax_xent_grad(dcls, cls, scale)
-        hashed = None if bases is None else HashedGrad(p["direct"].size, top.dtype)
-        if hashed is not None:
-            hashed.add(bases, dcls, len(self.word_class))
-        dtop = dcls @ p["cls.W"].T
+        """As FullSoftmax.loss_grad. The rows are sorted by class once, so that each class's
+        rows are a slice of one gathered copy of ``top`` and of dL/dtop (one gather, one
+        scatter back); the classes are split over ``lanes``: each writes its own columns of
+        the word gradient and its own rows of dL/dtop."""
+        order, cls, starts = self._by_class(targets)
+        h, y, b = top[order], targets[order], _rows(bases, order)
+        hT = np.ascontiguousarray(h.T)                                      # the weight gradients' left operand
+        dcls = self._class_logits(p, h, b)
+        logp = softmax_xent_grad(dcls, cls, scale)                          # log p(class | h)
         W = self.weight(p)
-        d_w = np.empty_like(W)                 # written class by class: no pass to zero it first
-        d_b = np.empty_like(p["out.b"])
-        absent = np.ones(self.n_classes, dtype=bool)
-        for c, rows in groups:
-            s, e = self.bounds[c], self.bounds[c + 1]
-            h = top[rows]
-            dlogits = self._word_logits(p, h, s, e, _rows(bases, rows))
-            word_logp = np.empty(len(rows))
-            softmax_xent_rows(dlogits, targets[rows] - s, scale, word_logp)
-            logp[rows] += word_logp                                   # + log p(w | class, h)
-            np.matmul(h.T, dlogits, out=d_w[:, s:e])
-            np.sum(dlogits, axis=0, out=d_b[s:e])
-            dtop[rows] += dlogits @ W[:, s:e].T
-            if hashed is not None:
-                hashed.add(_rows(bases, rows), dlogits, s)
-            absent[c] = False
-        for c in np.flatnonzero(absent):        # classes no target fell in: zero gradient
-            d_w[:, self.bounds[c]:self.bounds[c + 1]] = 0
-            d_b[self.bounds[c]:self.bounds[c + 1]] = 0
-        grads = {"out.b": d_b, "cls.W": top.T @ dcls, "cls.b": dcls.sum(axis=0)}
-        if hashed is not None:
-            grads["direct"] = hashed
+        d_w, d_b = np.empty_like(W), np.empty_like(p["out.b"])              # written class by class
+        dh, word_logp = np.empty_like(h), np.empty(len(h))
+        blocks = self._blocks(starts)
+        dlogits = [None] * self.n_classes
+
+        def classes(first, stop):
+            for c in range(first, stop):
+                rows, cols = blocks[c]
+                if rows.start == rows.stop or cols.stop - cols.start == 1:  # no target, or one word:
+                    d_w[:, cols], d_b[cols] = 0, 0                          # p(w | class, h) = 1, do = 0
+                    dh[rows], word_logp[rows] = 0, 0
+                    continue
+                dl = dlogits[c] = self._word_block(p, h, y, b, rows, cols, scale, word_logp, d_b[cols])
+                product = _product(cols)
+                product(dl, W[:, cols].T, out=dh[rows])                     # dh = do V_C^T ...
+                product(hT[:, rows], dl, out=d_w[:, cols])                  # dV_C = h^T do
+
+        for first, stop in self._pieces(starts, lanes):
+            lanes.submit(classes, first, stop)
+        lanes.drain()
+        dh += dcls @ p["cls.W"].T                                           # ... + dcls V_class^T
+        dtop, out = np.empty_like(top), np.empty(len(top))
+        dtop[order], out[order] = dh, logp + word_logp                      # log p(class | h) + log p(w | class, h)
+        grads = {"out.b": d_b, "cls.W": hT @ dcls, "cls.b": dcls.sum(axis=0)}
+        if bases is not None:
+            grads["direct"] = hashed = HashedGrad(p["direct"].size, top.dtype)
+            hashed.add(b, dcls, len(self.word_class))
+            for (rows, cols), dl in zip(blocks, dlogits):
+                if dl is not None:
+                    hashed.add(b[rows], dl, cols.start)
         if self.tied:
             grads["embed"] = d_w.T
         else:
             grads["out.W"] = d_w
-        return logp, dtop, grads
+        return out, dtop, grads
+
+    def _pieces(self, starts, lanes: Lanes):
+        """(first, stop) runs of classes of about equal work, two per lane (a lane that is done
+        early takes another): a class costs about its words x (its rows + 1), its products
+        and writing its columns of the gradient."""
+        if lanes.count == 1:
+            return [(0, self.n_classes)]
+        work = np.cumsum(np.diff(self.bounds) * (np.diff(starts) + 1))
+        count = 2 * lanes.count
+        cuts = np.searchsorted(work, work[-1] * np.arange(1, count) / count)
+        edges = np.unique(np.concatenate(([0], cuts + 1, [self.n_classes])).clip(0, self.n_classes))
+        return list(zip(edges[:-1], edges[1:]))
 
 
 OUTPUTS = {"full": FullSoftmax, "class": ClassSoftmax, "hs": HierarchicalSoftmax}   # config.SOFTMAX_NAMES, in order

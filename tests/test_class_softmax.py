@@ -89,3 +89,64 @@ def test_the_per_class_softmax_kernel_matches_a_float64_softmax(dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(logp, log_p[picked], rtol=tol, atol=tol)
     np.testing.assert_allclose(logits, 0.05 * (np.exp(log_p) - onehot), rtol=tol, atol=tol * 0.05)
+
+
+def _layer_case(dtype, order=0):
+    """A class softmax with one-word, small and large classes, hashed features of ``order``
+    (0: none), and one step's random states and targets (some classes get none)."""
+    cfg = ModelConfig(vocab_size=40, hidden=7, softmax="class", class_bounds=[0, 1, 2, 5, 9, 20, 40],
+                      direct_order=order, direct_size=256 if order else 0)
+    model = Model.init(cfg, seed=2, dtype=dtype)
+    rng = np.random.default_rng(3)
+    for v in model.params.values():
+        v += rng.normal(0, 0.3, v.shape).astype(dtype)
+    top = rng.standard_normal((50, 7)).astype(dtype)
+    targets = np.concatenate((rng.integers(0, 5, 30), rng.integers(20, 40, 20)))
+    rng.shuffle(targets)
+    bases = rng.integers(0, 1 << 20, (50, order - 1)) if order else None
+    return model, top, targets, bases
+
+
+@pytest.mark.parametrize("order", [0, 3])
+def test_class_layer_on_two_lanes_gives_the_serial_results_bit_for_bit(order):
+    """Classes split over lanes write disjoint columns and rows: the same numbers, whichever
+    thread runs which class (training's determinism for a given thread count)."""
+    from rnngen.lanes import SERIAL, Lanes
+
+    model, top, targets, bases = _layer_case(np.float32, order)
+    serial = model.output.loss_grad(model.params, top, targets, 0.05, SERIAL, bases)
+    with Lanes(2) as lanes:
+        split = model.output.loss_grad(model.params, top, targets, 0.05, lanes, bases)
+    assert np.array_equal(serial[0], split[0]) and np.array_equal(serial[1], split[1])
+    for name, grad in serial[2].items():
+        assert np.array_equal(np.asarray(grad), np.asarray(split[2][name])), name
+
+
+@pytest.mark.parametrize("order", [0, 3])
+def test_class_layer_matches_a_plain_numpy_one(order):
+    """Sorted rows, one-word classes skipped, bias gradient in the kernel: the same log p
+    and gradients as each class's softmax written out in NumPy (float64)."""
+    model, top, targets, bases = _layer_case(np.float64, order)
+    p, out, scale = model.params, model.output, 0.05
+    logp, dtop, grads = out.loss_grad(p, top, targets, scale, bases=bases)
+    full = out.all_logprobs(p, top, bases)                            # log p(w | h), all words
+    np.testing.assert_allclose(logp, full[np.arange(len(targets)), targets], rtol=1e-12)
+    cls = out.word_class[targets]
+    want = {"out.W": np.zeros_like(p["out.W"]), "out.b": np.zeros_like(p["out.b"])}
+    dh = np.zeros_like(top)
+    for i, (t, c) in enumerate(zip(targets, cls)):
+        s, e = out.bounds[c], out.bounds[c + 1]
+        q = np.exp(full[i, s:e] - full[i, s:e].max())
+        do = scale * (q / q.sum() - (np.arange(s, e) == t))           # s (p(. | class, h) - y)
+        want["out.W"][:, s:e] += np.outer(top[i], do)
+        want["out.b"][s:e] += do
+        dh[i] += p["out.W"][:, s:e] @ do
+    dcls = out._class_logits(p, top, bases)
+    dcls = np.exp(dcls - dcls.max(axis=1, keepdims=True))
+    dcls = scale * (dcls / dcls.sum(axis=1, keepdims=True) - (np.arange(out.n_classes) == cls[:, None]))
+    dh += dcls @ p["cls.W"].T
+    np.testing.assert_allclose(dtop, dh, rtol=1e-12, atol=1e-15)
+    for name in ("out.W", "out.b"):
+        np.testing.assert_allclose(grads[name], want[name], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(grads["cls.W"], top.T @ dcls, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(out.logprobs(p, top, targets, bases), logp, rtol=1e-12)

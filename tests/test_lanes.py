@@ -83,7 +83,7 @@ def test_an_error_in_the_block_drops_the_tasks_still_queued():
     assert ran == []
 
 
-def test_full_softmax_training_takes_one_lane_per_thread_and_blas_on_one():
+def test_full_and_class_softmax_training_take_one_lane_per_thread_and_blas_on_one():
     before = blas.thread_count()
     try:
         lanes = training_lanes(2, "full")
@@ -92,7 +92,8 @@ def test_full_softmax_training_takes_one_lane_per_thread_and_blas_on_one():
         with blas.numpy_threads(2):        # validation inside training: BLAS splits again
             assert blas.thread_count() == 2
         assert blas.thread_count() == 1
-        assert training_lanes(2, "class") is SERIAL and blas.thread_count() == 2
+        assert training_lanes(2, "class") is lanes and blas.thread_count() == 1     # classes split over lanes
+        assert training_lanes(2, "hs") is SERIAL and blas.thread_count() == 2
         assert training_lanes(1, "full") is SERIAL and blas.thread_count() == 1
     finally:
         blas.set_threads(before)

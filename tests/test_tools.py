@@ -75,3 +75,8 @@ def test_softmax_speed_prints_each_layer_against_its_bound(capsys):
     for layer in ("full", "class", "hs"):
         assert sum(line.startswith(f"{layer} ") for line in out.splitlines()) == 2, out
     assert "3HV" in out and "nodes" in out and "of bound" in out
+    assert softmax_speed.main(["--ptb", str(CORPUS), "--hidden", "8", "--chunks", "2", "--gemm", "128",
+                               "--layers", "class", "--old-class", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert sum(line.startswith("class-old ") for line in out.splitlines()) == 2, out
+    assert out.count("class / class-old per chunk") == 2, out

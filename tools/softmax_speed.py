@@ -2,8 +2,11 @@
 against its arithmetic bound, then in whole training steps.
 
     python tools/softmax_speed.py [--ptb ../shared/corpora/ptb] [--hidden 200] [--chunks 30]
+                                  [--threads 2] [--layers class] [--old-class]
 
-One process, one thread, the same PTB id stream (the first 700 = 20 x 35 targets a step).
+One process, the same PTB id stream (the first 700 = 20 x 35 targets a step). With
+--threads N each layer's step uses N threads as training does
+(:func:`rnngen.lanes.training_lanes`: lanes, or NumPy's BLAS on N threads).
 
 1. The output layer alone: ``output.loss_grad`` on random top-layer states with PTB's
    targets, then the gradient norm and an SGD update of the layer's weights. Next to each
@@ -18,7 +21,9 @@ One process, one thread, the same PTB id stream (the first 700 = 20 x 35 targets
    update) of a vanilla RNN with each layer.
 
 The layers' steps alternate chunk by chunk, so a busy machine slows them alike. Prints
-tokens/s (median and best chunk).
+tokens/s (median and best chunk). --old-class adds "class-old", the class softmax's step
+before issue 19's rework (tools/class_softmax_old.py, serial with BLAS on N threads), and
+the per-chunk ratio class / class-old with its quartiles.
 """
 
 from __future__ import annotations
@@ -29,13 +34,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from class_softmax_old import OldClassSoftmax
 
 from rnngen import blas
+from rnngen.lanes import SERIAL, training_lanes
 from rnngen.model import Model, ModelConfig
 from rnngen.optim import SGD, global_norm
 from rnngen.train import batchify, prepare_data, time_major, train_step
 
 LAYERS = ("full", "class", "hs")
+OLD = "class-old"
 ROWS = 700                                       # 20 streams x 35 steps
 
 
@@ -69,7 +77,25 @@ def madds_per_token(model: Model, counts: np.ndarray) -> tuple[float, str]:
     return 3 * H * V, "3HV"
 
 
-def layer_alone(models: dict, ids: np.ndarray, hidden: int, chunks: int) -> dict:
+def lanes_for(kind: str, threads: int):
+    """The lanes a training step of ``kind`` runs on (setting NumPy's BLAS threads to match);
+    the old class softmax's: serial, BLAS on every thread."""
+    if threads > 1:
+        time.sleep(0.2)                 # the previous step's BLAS threads stop spinning (bench/paired.py)
+    if kind == OLD:
+        blas.set_threads(threads)
+        return SERIAL
+    return training_lanes(threads, kind)
+
+
+def model_of(kind: str, cfg: ModelConfig) -> Model:
+    model = Model.init(cfg, seed=0)
+    if kind == OLD:
+        model.output = OldClassSoftmax(cfg)
+    return model
+
+
+def layer_alone(models: dict, ids: np.ndarray, hidden: int, chunks: int, threads: int) -> dict:
     """Seconds per step of each layer's loss_grad + norm + SGD, alternating, after 2 warm-ups."""
     rng = np.random.default_rng(1)
     times = {k: [] for k in models}
@@ -77,21 +103,24 @@ def layer_alone(models: dict, ids: np.ndarray, hidden: int, chunks: int) -> dict
         top = np.tanh(rng.standard_normal((ROWS, hidden))).astype(np.float32)
         targets = ids[i * ROWS:(i + 1) * ROWS].astype(np.int64)
         for k, (model, params, optim) in models.items():
+            lanes = lanes_for(k, threads)
             t0 = time.perf_counter()
-            _, _, grads = model.output.loss_grad(params, top, targets, 1 / 20)
-            optim.step(params, grads, 0.1, min(1.0, 5.0 / global_norm(grads)))
+            with lanes:
+                _, _, grads = model.output.loss_grad(params, top, targets, 1 / 20, lanes)
+                optim.step(params, grads, 0.1, min(1.0, 5.0 / global_norm(grads, lanes)), lanes)
             if i >= 2:
                 times[k].append(time.perf_counter() - t0)
     return times
 
 
-def whole_steps(runs: dict, inputs, targets, chunks: int) -> dict:
+def whole_steps(runs: dict, inputs, targets, chunks: int, threads: int) -> dict:
     times = {k: [] for k in runs}
     for i in range(chunks + 2):
         x, y = time_major(inputs, i * 35, (i + 1) * 35), time_major(targets, i * 35, (i + 1) * 35)
         for k, run in runs.items():
+            lanes = lanes_for(k, threads)
             t0 = time.perf_counter()
-            run["state"] = train_step(run["model"], run["optim"], x, y, run["state"], 1.0, 5.0).state
+            run["state"] = train_step(run["model"], run["optim"], x, y, run["state"], 1.0, 5.0, None, lanes).state
             if i >= 2:                                  # the first chunks compile and warm up
                 times[k].append(time.perf_counter() - t0)
     return times
@@ -99,6 +128,14 @@ def whole_steps(runs: dict, inputs, targets, chunks: int) -> dict:
 
 def rates(times: list) -> tuple[float, float]:
     return ROWS / statistics.median(times), ROWS / min(times)
+
+
+def old_new(times: dict) -> str:
+    """The per-chunk tokens/s ratio class / class-old: median (quartiles), or "" without --old-class."""
+    if OLD not in times or "class" not in times:
+        return ""
+    q1, med, q3 = np.percentile(np.array(times[OLD]) / np.array(times["class"]), [25, 50, 75])
+    return f"class / class-old per chunk: {med:.2f}x (quartiles {q1:.2f}-{q3:.2f})"
 
 
 def main(argv=None) -> int:
@@ -109,7 +146,10 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gemm", type=int, default=2048, help="size of the timed sgemm")
+    ap.add_argument("--layers", default=",".join(LAYERS), help="which of full,class,hs (comma-separated)")
+    ap.add_argument("--old-class", action="store_true", help="also time the class softmax before its rework")
     args = ap.parse_args(argv)
+    layers = [k for k in args.layers.split(",") if k in LAYERS] + ([OLD] if args.old_class else [])
     train_txt = Path(args.ptb) / "train.txt"
     if not train_txt.exists():
         print(f"softmax_speed: {train_txt} not found; skipped")
@@ -118,37 +158,41 @@ def main(argv=None) -> int:
     vocab, ids, _ = prepare_data([str(train_txt)], valid_fraction=0)
     counts = np.bincount(ids, minlength=len(vocab)).astype(np.float64)
     chunks = min(args.chunks, len(ids) // ROWS - 3)
-    configs = {k: ModelConfig(vocab_size=len(vocab), hidden=args.hidden, softmax=k) for k in LAYERS}
+    configs = {k: ModelConfig(vocab_size=len(vocab), hidden=args.hidden, softmax=k.removesuffix("-old"))
+               for k in layers}
     configs = {k: cfg.with_classes(counts).with_tree(counts) for k, cfg in configs.items()}
+    blas.set_threads(1)
     rate = gemm_rate(args.gemm)
     models = {}
     for k, cfg in configs.items():
-        model = Model.init(cfg, seed=0)
+        model = model_of(k, cfg)
         params = {n: v for n, v in model.params.items() if n in cfg.output_shapes()}
         models[k] = (model, params, SGD(params))
-    alone = layer_alone(models, ids, args.hidden, chunks)
-    print(f"PTB, V = {len(vocab):,}, H = {args.hidden}, {ROWS} rows a step, {args.threads} BLAS thread(s), "
-          f"{chunks} steps each; sgemm {args.gemm}: {rate / 1e9:.1f} G multiply-adds/s")
+    alone = layer_alone(models, ids, args.hidden, chunks, args.threads)
+    print(f"PTB, V = {len(vocab):,}, H = {args.hidden}, {ROWS} rows a step, {args.threads} thread(s), "
+          f"{chunks} steps each; sgemm {args.gemm} (1 thread): {rate / 1e9:.1f} G multiply-adds/s")
     print("output layer alone (loss_grad + norm + SGD):")
-    print(f"{'softmax':8s} {'tokens/s (median)':>18s} {'(best)':>12s} {'bound':>12s} {'of bound':>9s}  "
+    print(f"{'softmax':9s} {'tokens/s (median)':>17s} {'(best)':>12s} {'bound':>12s} {'of bound':>9s}  "
           "multiply-adds/token")
     for k, times in alone.items():
         med, best = rates(times)
         madds, how = madds_per_token(models[k][0], counts)
         bound = rate / madds
-        print(f"{k:8s} {med:18,.0f} {best:12,.0f} {bound:12,.0f} {med / bound:8.0%}  {madds:,.0f} = {how}")
+        print(f"{k:9s} {med:17,.0f} {best:12,.0f} {bound:12,.0f} {med / bound:8.0%}  {madds:,.0f} = {how}")
+    print(old_new(alone))
     inputs, targets = batchify(ids, 20)
     runs = {}
     for k, cfg in configs.items():
-        model = Model.init(cfg, seed=0)
+        model = model_of(k, cfg)
         runs[k] = {"model": model, "optim": SGD(model.params), "state": model.zero_state(20)}
-    whole = whole_steps(runs, inputs, targets, min(chunks, inputs.shape[1] // 35 - 3))
+    whole = whole_steps(runs, inputs, targets, min(chunks, inputs.shape[1] // 35 - 3), args.threads)
     print(f"whole training steps, vanilla RNN hidden {args.hidden}, batch 20 x bptt 35:")
-    print(f"{'softmax':8s} {'tokens/s (median)':>18s} {'(best)':>12s} {'/ full':>7s}")
-    full = rates(whole["full"])[0]
+    first = next(iter(whole))
+    print(f"{'softmax':9s} {'tokens/s (median)':>17s} {'(best)':>12s} {'/ ' + first:>9s}")
     for k, times in whole.items():
         med, best = rates(times)
-        print(f"{k:8s} {med:18,.0f} {best:12,.0f} {med / full:6.2f}x")
+        print(f"{k:9s} {med:17,.0f} {best:12,.0f} {med / rates(whole[first])[0]:8.2f}x")
+    print(old_new(whole))
     return 0
 
 
