@@ -80,3 +80,8 @@ def test_softmax_speed_prints_each_layer_against_its_bound(capsys):
     out = capsys.readouterr().out
     assert sum(line.startswith("class-old ") for line in out.splitlines()) == 2, out
     assert out.count("class / class-old per chunk") == 2, out
+    assert softmax_speed.main(["--ptb", str(CORPUS), "--hidden", "8", "--chunks", "2", "--gemm", "128",
+                               "--layers", "class,hs", "--direct-order", "3"]) == 0
+    out = capsys.readouterr().out
+    for layer in ("class+ng", "hs+ng"):
+        assert sum(line.startswith(f"{layer} ") for line in out.splitlines()) == 2, out

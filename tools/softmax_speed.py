@@ -2,7 +2,7 @@
 against its arithmetic bound, then in whole training steps.
 
     python tools/softmax_speed.py [--ptb ../shared/corpora/ptb] [--hidden 200] [--chunks 30]
-                                  [--threads 2] [--layers class] [--old-class]
+                                  [--threads 2] [--layers class] [--old-class] [--direct-order 4]
 
 One process, the same PTB id stream (the first 700 = 20 x 35 targets a step). With
 --threads N each layer's step uses N threads as training does
@@ -19,6 +19,11 @@ One process, the same PTB id stream (the first 700 = 20 x 35 targets a step). Wi
 
 2. Whole training steps (:func:`rnngen.train.train_step`: loss and gradients, clipping, SGD
    update) of a vanilla RNN with each layer.
+
+With --direct-order K each layer also runs with hashed n-gram features of order K
+("class+ng", ...: rnngen.maxent, the corpus's default hash size). Their bound counts the
+hashed weights a token reads and updates: 2 (K-1) per word (or class, or node) the layer
+scores, as adds at the same GEMM rate (they are memory-bound, so this is optimistic).
 
 The layers' steps alternate chunk by chunk, so a busy machine slows them alike. Prints
 tokens/s (median and best chunk). --old-class adds "class-old", the class softmax's step
@@ -44,6 +49,7 @@ from rnngen.train import batchify, prepare_data, time_major, train_step
 
 LAYERS = ("full", "class", "hs")
 OLD = "class-old"
+NGRAM = "+ng"                                    # the suffix of a layer with n-gram features
 ROWS = 700                                       # 20 streams x 35 steps
 
 
@@ -62,10 +68,14 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t0
 
 
-def madds_per_token(model: Model, counts: np.ndarray) -> tuple[float, str]:
+def madds_per_token(model: Model, counts: np.ndarray, ngrams: bool = True) -> tuple[float, str]:
     """(multiply-adds per token of the layer's training step, how they were counted)."""
     cfg, p = model.config, counts / counts.sum()
     H, V = cfg.hidden, cfg.vocab_size
+    if cfg.direct_order and ngrams:               # the layer's own, plus 2 (K-1) adds per logit it scores
+        madds, how = madds_per_token(model, counts, ngrams=False)
+        per_logit = 2 * (cfg.direct_order - 1)
+        return madds * (1 + per_logit / (3 * H)), f"{how}, x (1 + {per_logit}/3H)"
     if cfg.softmax == "class":
         bounds = np.asarray(cfg.class_bounds)
         size = np.repeat(np.diff(bounds), np.diff(bounds))         # each word's class size
@@ -102,12 +112,18 @@ def layer_alone(models: dict, ids: np.ndarray, hidden: int, chunks: int, threads
     for i in range(chunks + 2):
         top = np.tanh(rng.standard_normal((ROWS, hidden))).astype(np.float32)
         targets = ids[i * ROWS:(i + 1) * ROWS].astype(np.int64)
+        inputs = np.concatenate(([0], ids[i * ROWS:(i + 1) * ROWS - 1])).astype(np.int32)[:, None]
         for k, (model, params, optim) in models.items():
             lanes = lanes_for(k, threads)
+            bases = model.contexts(inputs)
             t0 = time.perf_counter()
             with lanes:
-                _, _, grads = model.output.loss_grad(params, top, targets, 1 / 20, lanes)
+                _, _, grads = model.output.loss_grad(params, top, targets, 1 / 20, lanes,
+                                                     None if bases is None else bases.reshape(ROWS, -1))
+                hashed = grads.pop("direct", None)
                 optim.step(params, grads, 0.1, min(1.0, 5.0 / global_norm(grads, lanes)), lanes)
+                if hashed is not None:
+                    hashed.sgd(params["direct"], 2.0)
             if i >= 2:
                 times[k].append(time.perf_counter() - t0)
     return times
@@ -119,8 +135,10 @@ def whole_steps(runs: dict, inputs, targets, chunks: int, threads: int) -> dict:
         x, y = time_major(inputs, i * 35, (i + 1) * 35), time_major(targets, i * 35, (i + 1) * 35)
         for k, run in runs.items():
             lanes = lanes_for(k, threads)
+            before = time_major(inputs, max(0, i * 35 - 2), i * 35) if run["model"].history else None
             t0 = time.perf_counter()
-            run["state"] = train_step(run["model"], run["optim"], x, y, run["state"], 1.0, 5.0, None, lanes).state
+            run["state"] = train_step(run["model"], run["optim"], x, y, run["state"], 1.0, 5.0, None, lanes,
+                                      before=before, direct_lr=0.1).state
             if i >= 2:                                  # the first chunks compile and warm up
                 times[k].append(time.perf_counter() - t0)
     return times
@@ -148,8 +166,11 @@ def main(argv=None) -> int:
     ap.add_argument("--gemm", type=int, default=2048, help="size of the timed sgemm")
     ap.add_argument("--layers", default=",".join(LAYERS), help="which of full,class,hs (comma-separated)")
     ap.add_argument("--old-class", action="store_true", help="also time the class softmax before its rework")
+    ap.add_argument("--direct-order", type=int, default=0, help="also time each layer with n-gram features")
     args = ap.parse_args(argv)
-    layers = [k for k in args.layers.split(",") if k in LAYERS] + ([OLD] if args.old_class else [])
+    layers = [k for k in args.layers.split(",") if k in LAYERS]
+    layers += [k + NGRAM for k in layers] if args.direct_order else []
+    layers += [OLD] if args.old_class else []
     train_txt = Path(args.ptb) / "train.txt"
     if not train_txt.exists():
         print(f"softmax_speed: {train_txt} not found; skipped")
@@ -158,9 +179,10 @@ def main(argv=None) -> int:
     vocab, ids, _ = prepare_data([str(train_txt)], valid_fraction=0)
     counts = np.bincount(ids, minlength=len(vocab)).astype(np.float64)
     chunks = min(args.chunks, len(ids) // ROWS - 3)
-    configs = {k: ModelConfig(vocab_size=len(vocab), hidden=args.hidden, softmax=k.removesuffix("-old"))
-               for k in layers}
-    configs = {k: cfg.with_classes(counts).with_tree(counts) for k, cfg in configs.items()}
+    configs = {k: ModelConfig(vocab_size=len(vocab), hidden=args.hidden,
+                              direct_order=args.direct_order * k.endswith(NGRAM),
+                              softmax=k.removesuffix("-old").removesuffix(NGRAM)) for k in layers}
+    configs = {k: cfg.with_classes(counts).with_tree(counts).with_direct_size(len(ids)) for k, cfg in configs.items()}
     blas.set_threads(1)
     rate = gemm_rate(args.gemm)
     models = {}
