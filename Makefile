@@ -23,7 +23,7 @@ $(VENV)/.dev-installed: $(VENV)/.installed
 ## demo: train on the project's generated corpus, print 10 samples, score two sentences
 demo: $(VENV)/.installed
 	$(RNNGEN) train $(CORPUS)/train.txt --valid $(CORPUS)/valid.txt -o $(DEMO) \
-		--hidden 96 --epochs 30 --max-time 60 --seed 1
+		--hidden 96 --epochs 30 --seed 1
 	@echo "--- 10 samples (rnngen sample -m $(DEMO) --n 10 --seed 1)"
 	$(RNNGEN) sample -m $(DEMO) --n 10 --seed 1
 	@echo "--- a typical sentence and the same words scrambled (rnngen score)"
