@@ -57,7 +57,7 @@ bench-paired: $(VENV)/.bench-installed
 bench-quality: $(VENV)/.installed
 	for run in rnn200 lstm-small shakespeare lstm-medium; do bash bench/quality.sh $$run; done
 
-## bench-ttp: PTB valid ppl against wall time, rnngen defaults at 1/2/5/15/30 min vs faster-rnnlm (53 min of budgets + about 15 min of faster-rnnlm and warm-up: about 65-75 min)
+## bench-ttp: PTB valid ppl against wall time, rnngen defaults at 1/2/5/15/30 min vs faster-rnnlm (53 min of budgets + faster-rnnlm and warm-up: about 62 min on a 2-core Xeon)
 bench-ttp: $(VENV)/.dev-installed
 	$(PY) bench/time_to_ppl.py $(BENCH_TTP_ARGS)
 
