@@ -51,10 +51,14 @@ class Size(click.ParamType):
         text = str(value).strip().upper()
         try:
             if "^" in text:
-                base, power = text.split("^")
-                return int(base) ** int(power)
-            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-            return int(text[:-1] if scale > 1 else text) * scale
+                base, power = (int(part) for part in text.split("^"))
+                size = base ** power if power >= 0 else -1
+            else:
+                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+                size = int(text[:-1] if scale > 1 else text) * scale
+            if size < 0:
+                raise ValueError(value)
+            return size
         except ValueError:
             self.fail(f"{value!r} is not a size (e.g. 16M, 2^24 or 16777216)", param, ctx)
 

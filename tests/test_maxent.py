@@ -176,7 +176,8 @@ def test_cli_trains_scores_samples_and_resumes(tmp_path):
     assert r.exit_code == 0, r.output
     assert load(str(out)).train["progress"]["epoch"] == 3
     for bad, message in ((["--direct-order", "1"], "--direct-order"), (["--direct-size", "1000"], "power of two"),
-                         (["--direct-size", "lots"], "not a size")):
+                         (["--direct-size", "lots"], "not a size"), (["--direct-size", "2^-1"], "not a size"),
+                         (["--direct-size", "-4M"], "not a size")):
         r = subprocess.run([sys.executable, "-m", "rnngen", "train", str(corpus), "-o", str(tmp_path / "x.npz"),
                             "--direct-order", "3", *bad], capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
