@@ -41,6 +41,8 @@ CONTROLS = 4
 # Seconds a rank other than 0 waits before it reports its error and aborts the job: when
 # every rank fails the same way (a bad option, a missing file), rank 0 says it alone.
 ABORT_GRACE = 1.0
+# Seconds an aborting rank waits at most for the launcher to read its error line.
+ABORT_DRAIN = 2.0
 # Exit codes after a signal (128 + SIGINT, SIGTERM): every rank saved and stopped together.
 INTERRUPTED = (130, 143)
 
@@ -189,9 +191,31 @@ def _abort(w: MPIWorld, code: int) -> None:
     """MPI_Abort, with stderr closed first: the error has been said, and MPICH's own line
     about the abort would only repeat it."""
     sys.stderr.flush()
+    _wait_until_read(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     w.abort(code)
+
+
+def _wait_until_read(fd: int, limit: float = ABORT_DRAIN) -> None:
+    """Wait (at most ``limit`` seconds) until the launcher has read what is left in the pipe
+    on ``fd``: the abort's teardown can drop an error line still in the pipe."""
+    try:
+        import array
+        import fcntl                            # Unix only, as are the pipes asked about
+        import stat
+        import termios
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return
+        left = array.array("i", [0])
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            fcntl.ioctl(fd, termios.FIONREAD, left)
+            if left[0] == 0:
+                return
+            time.sleep(0.01)
+    except (ImportError, OSError):              # no pipe to ask about: abort as it is
+        return
 
 
 @functools.cache

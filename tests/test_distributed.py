@@ -4,11 +4,15 @@ ends within seconds, with its last checkpoint intact, when a rank dies or fails.
 an MPI launcher nothing of MPI is imported. The jobs run under the mpich wheel's mpiexec
 (the mpi extra, which the dev extra installs) on localhost."""
 
+import array
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -105,6 +109,23 @@ def test_the_launcher_is_recognised_by_its_variables():
 def test_workers_is_taken_out_of_the_command_it_restarts():
     argv = ["train", "c.txt", "--workers", "2", "--hidden", "8", "--workers=3"]
     assert distributed.without_option(argv, "--workers") == ["train", "c.txt", "--hidden", "8"]
+
+
+def test_an_abort_waits_for_the_launcher_to_read_the_error_line(tmp_path):
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"rnngen: error: x\n")
+    reader = threading.Timer(0.2, os.read, (read_end, 100))
+    reader.start()
+    distributed._wait_until_read(write_end, limit=30)
+    left = array.array("i", [1])
+    fcntl.ioctl(read_end, termios.FIONREAD, left)
+    assert left[0] == 0                                             # it returned after the read
+    reader.join()
+    with open(tmp_path / "log", "w") as f:                         # a file is not waited on
+        f.write("x")
+        f.flush()
+        distributed._wait_until_read(f.fileno(), limit=30)
+    os.close(read_end), os.close(write_end)
 
 
 def test_a_plain_run_imports_nothing_of_mpi(corpus, tmp_path):
