@@ -202,7 +202,7 @@ def _wait_until_read(fd: int, limit: float = ABORT_DRAIN) -> None:
     on ``fd``: the abort's teardown can drop an error line still in the pipe."""
     try:
         import array
-        import fcntl                            # Unix only, as are the pipes asked about
+        import fcntl  # Unix only, as are the pipes asked about
         import stat
         import termios
         if not stat.S_ISFIFO(os.fstat(fd).st_mode):
