@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from contextlib import contextmanager
 
 # Let LLVM vectorise the elementwise loops: NumPy's error model drops the ZeroDivisionError
@@ -37,6 +38,7 @@ _before_compile: list = []
 _interpret = False
 _interpreted_work = 0
 _numba_loaded = False
+_compiling = threading.Lock()   # lanes may call their first kernels at once
 
 
 class Kernel:
@@ -78,18 +80,19 @@ def compile_all() -> None:
     """Hand every registered kernel not yet compiled to Numba (which compiles it, or loads it
     from its cache, at its first call with each argument types)."""
     global _numba_loaded
-    pending = [k for k in _kernels if k.compiled is None]
-    if not pending:
-        return
-    from numba import njit
+    with _compiling:
+        pending = [k for k in _kernels if k.compiled is None]
+        if not pending:
+            return
+        from numba import njit
 
-    if not _numba_loaded:
-        for hook in _before_compile:
-            hook()
-        _numba_loaded = True
-    for k in pending:
-        k.compiled = njit(cache=True, **k.options)(k.py_func)
-        setattr(sys.modules[k.py_func.__module__], k.py_func.__name__, k.compiled)
+        if not _numba_loaded:
+            for hook in _before_compile:
+                hook()
+            _numba_loaded = True
+        for k in pending:
+            k.compiled = njit(cache=True, **k.options)(k.py_func)
+            setattr(sys.modules[k.py_func.__module__], k.py_func.__name__, k.compiled)
 
 
 def interpreting() -> bool:

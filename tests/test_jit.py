@@ -50,3 +50,25 @@ def test_interpreting_stops_once_the_process_has_spent_its_budget(monkeypatch):
     monkeypatch.setattr(jit, "_interpreted_work", 0)
     with jit.interpreted_if_small(jit.SMALL_JOB + 1, 1, 1):
         assert not jit._interpret
+
+
+FIRST_CALLS_AT_ONCE = r"""
+import threading, time
+from rnngen import jit, kernels
+calls, errors = [], []
+jit.before_compile(lambda: (calls.append(1), time.sleep(0.3)))
+def first_call():                       # what a lane's first kernel call does
+    try:
+        jit.compile_all()
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=first_call) for _ in range(3)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(len(calls), errors, all(k.compiled is not None for k in jit._kernels))
+"""
+
+
+def test_threads_that_call_their_first_kernels_at_once_compile_once():
+    out = subprocess.run([sys.executable, "-c", FIRST_CALLS_AT_ONCE], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == "1 [] True"
