@@ -358,7 +358,7 @@ def _choose(ctx, model: dict, config, resume, budget: float, started: float, voc
         return ModelConfig(vocab_size=vocab_size, **{**model, **model_options}), replace(config, **train_options)
 
     if not budget or model["direction"] == "bidirectional":
-        model_config = ModelConfig(vocab_size=vocab_size, **model)
+        model_config = ModelConfig(vocab_size=vocab_size, **model).with_direct_size(len(train_ids))
         source = "default" if not budget else "default (a bidirectional model's options are not chosen for a budget)"
         return model_config, config, budgets.unchosen(budgets.options_of(model_config, config), given, source)
     choice = distributed.world().on_root(

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from conftest import CORPUS
 
 from rnngen.cli import cli
+from rnngen.config import default_direct_size
 
 TRAIN, VALID = str(CORPUS / "train.txt"), str(CORPUS / "valid.txt")
 DEFAULTS = ("--cell rnn --layers 1 --hidden 128 --softmax full --optimizer adam --lr 0.002 --clip 5 --bptt 35 "
@@ -34,6 +35,13 @@ def test_without_a_budget_the_defaults_stay_as_they_were(in_tmp):
     options, err = dry_run()
     assert options == DEFAULTS
     assert "rnngen: --hidden 128: default" in err and not (in_tmp / "model.npz").exists()
+
+
+def test_the_option_list_shows_the_hash_size_the_corpus_gets(in_tmp):
+    options, _ = dry_run("--direct-order", "3")
+    words = options.split()
+    tokens = len(CORPUS.joinpath("train.txt").read_text().split()) + CORPUS.joinpath("train.txt").read_text().count("\n")
+    assert words[words.index("--direct-size") + 1] == str(default_direct_size(tokens, 3))
 
 
 def test_a_budget_chooses_what_is_not_given_and_says_why(in_tmp):
