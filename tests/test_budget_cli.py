@@ -40,7 +40,8 @@ def test_without_a_budget_the_defaults_stay_as_they_were(in_tmp):
 def test_the_option_list_shows_the_hash_size_the_corpus_gets(in_tmp):
     options, _ = dry_run("--direct-order", "3")
     words = options.split()
-    tokens = len(CORPUS.joinpath("train.txt").read_text().split()) + CORPUS.joinpath("train.txt").read_text().count("\n")
+    text = CORPUS.joinpath("train.txt").read_text()
+    tokens = len(text.split()) + text.count("\n")                 # words and line ends
     assert words[words.index("--direct-size") + 1] == str(default_direct_size(tokens, 3))
 
 
