@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from .config import DEFAULT_LR, default_direct_size
 
 # The options the chooser decides, in the order the option list shows them.
-DECIDED = ("cell", "layers", "hidden", "softmax", "direct_order", "direct_size", "optimizer", "lr", "clip", "bptt",
-           "epochs", "decay_after", "lr_decay", "dropout")
+DECIDED = ("cell", "layers", "hidden", "softmax", "direct_order", "direct_size", "optimizer", "lr", "clip", "warmup",
+           "bptt", "epochs", "decay_after", "lr_decay", "dropout")
 MODEL_DECIDED = ("cell", "layers", "hidden", "softmax", "direct_order", "direct_size", "dropout")
-SPEED_BLIND = ("optimizer", "lr", "clip", "dropout", "epochs", "decay_after", "lr_decay")  # one measurement serves all
+SPEED_BLIND = ("optimizer", "lr", "clip", "warmup", "dropout", "epochs", "decay_after",
+               "lr_decay")  # one measurement serves all
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,17 @@ class Candidate:
 # the schedule the chooser gives each; re-tune here and in README's "Time budgets".
 CANDIDATES = (
     Candidate("A", 1, dict(cell="rnn", layers=1, hidden=200, softmax="class", direct_order=4, optimizer="adam",
-                           lr=0.002, clip=5.0, bptt=35, dropout=0.0), decay_from=0.0,
+                           lr=0.002, clip=5.0, warmup=0, bptt=35, dropout=0.0),
+              decay_from=0.0,
               why="PTB valid 157, 141, 135, 132, 130, 129 after epochs 1-6, the rate halved after each"),
     Candidate("C", 2.5, dict(cell="lstm", layers=2, hidden=200, softmax="class", direct_order=4, optimizer="sgd",
-                             lr=1.0, clip=5.0, bptt=20, dropout=0.25), decay_from=0.5, decay_by=6, min_tokens=500_000,
+                             lr=1.0, clip=5.0, warmup=0, bptt=20, dropout=0.25),
+              decay_from=0.5, decay_by=6, min_tokens=500_000,
               why="PTB valid 173, 138, 125, 119, 116, 115 after epochs 1-6 at lr 1, then halved: 108, 105, "
                   "104, 103, 102; 1.5-2x slower than A per token"),
-    Candidate("D", 12, dict(cell="lstm", layers=2, hidden=400, softmax="class", direct_order=4, optimizer="sgd",
-                            lr=1.0, clip=5.0, bptt=20, dropout=0.4), decay_from=0.5, decay_by=8, min_tokens=500_000,
+    Candidate("D", 20, dict(cell="lstm", layers=2, hidden=400, softmax="class", direct_order=4, optimizer="sgd",
+                            lr=1.0, clip=5.0, warmup=200, bptt=20, dropout=0.4),
+              decay_from=0.5, decay_by=8, min_tokens=500_000,
               why="C twice as wide, with more dropout for the longer run; about 3x slower than C per token"),
 )
 
@@ -255,7 +259,7 @@ def option_list(options: dict) -> str:
     words = []
     for name in DECIDED:
         value = options[name]
-        if name.startswith("direct_") and not options["direct_order"]:
+        if name.startswith("direct_") and not options["direct_order"] or name == "warmup" and not value:
             continue
         words += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
     return " ".join(words)

@@ -218,6 +218,9 @@ training_options = _options(
                       "plateaus."),
     click.option("--clip", type=click.FloatRange(min=0), default=5.0, show_default=True,
                  help="Global gradient-norm clip (0: off)."),
+    click.option("--warmup", type=click.IntRange(min=0), default=0,
+                 help="Raise the learning rate linearly over the first N steps (SGD at lr 1 can shut an LSTM "
+                      "off in its first steps); 0 = none."),
     click.option("--patience", type=click.IntRange(min=0), default=0,
                  help="Stop after N epochs without improvement (0: never)."),
     click.option("--max-time", type=Duration(), default=0.0,

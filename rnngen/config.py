@@ -283,6 +283,7 @@ class TrainConfig:
     lr_decay: float = 0.5            # factor applied when validation stops improving
     decay_after: int = 0             # from this epoch on, apply lr_decay after every epoch; 0 = never
     clip: float = 5.0                # global gradient-norm clip; 0 disables
+    warmup: int = 0                  # the first steps' rate rises linearly to lr over this many steps; 0 = none
     seed: int = 0
     patience: int = 0                # stop after this many epochs without improvement; 0 = never
     max_time: float = 0.0            # seconds of training, 0 = no limit
@@ -299,7 +300,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise RnngenError(f"--{name.replace('_', '-')} must be at least 1")
         for name in ("lr", "clip", "patience", "max_time", "max_steps", "checkpoint_every", "decay_after",
-                     "log_every", "direct_lr"):
+                     "log_every", "direct_lr", "warmup"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise RnngenError(f"--{name.replace('_', '-')} must be a non-negative number")

@@ -156,9 +156,10 @@ def _train_epoch(run: Run, data: Chunks | LineBatches, config: TrainConfig, lane
         t0 = time.perf_counter()
         x, y = data.chunk(p.chunk)
         masks = run.model.dropout_masks(run.rng, *x.shape) if run.model.config.dropout > 0 else None
-        step = train_step(run.model, run.optim, x, y, run.state, p.lr, config.clip, masks, lanes, world,
+        lr = p.lr * min(1.0, (p.step + 1) / config.warmup) if config.warmup else p.lr     # warm-up: linear
+        step = train_step(run.model, run.optim, x, y, run.state, lr, config.clip, masks, lanes, world,
                           shared.controls(signals, saved), data.before(p.chunk, run.model.history),
-                          config.direct_lr * p.lr / config.lr)
+                          config.direct_lr * lr / config.lr)
         if not step.finite:
             saved.rollback.restore(run, f"loss {step.nll / x.size:.4g} per token, "
                                         f"gradient norm {step.norm:.4g} at step {p.step + 1}")

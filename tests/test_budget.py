@@ -132,7 +132,8 @@ def test_measuring_stops_once_its_share_of_the_budget_is_spent():
 def test_the_option_list_reproduces_the_choice():
     choice, _ = pick({}, 8 * 60, direct=False)
     words = option_list(choice.options).split()
-    assert words[::2] == [f"--{n.replace('_', '-')}" for n in budget.DECIDED if not n.startswith("direct_")]
+    assert words[::2] == [f"--{n.replace('_', '-')}" for n in budget.DECIDED
+                          if not n.startswith("direct_") and n != "warmup"]        # none: not shown
     assert dict(zip(words[::2], words[1::2]))["--lr"] == "1" and "--dropout" in words
 
 
