@@ -52,8 +52,9 @@ class Candidate:
 # From the cheapest to the best; the chooser takes the last whose need the budget meets.
 # C and D (SGD at lr 1) only from 500k training tokens: on Tiny Shakespeare's words (200k) C's
 # LSTM did not learn (valid 774, then worse) where A reached 244 after one epoch. Both keep
-# bptt at 20: at 35, with the n-gram features, SGD at lr 1 shuts the LSTM off on PTB (its
-# output h falls to about 0.001 within 50 steps, and the model is the n-grams alone).
+# bptt at 20: at 35, SGD at lr 1 shut the LSTM off on PTB (its output h fell to about 0.001
+# within 50 steps; the model is then its biases and n-grams). D warms the rate up: at 20 the
+# 2x400 LSTM shut off too without it.
 # The figures: PTB (930k tokens, 10k words), valid perplexity after each epoch, trained with
 # the schedule the chooser gives each; re-tune here and in README's "Time budgets".
 CANDIDATES = (
