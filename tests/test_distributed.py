@@ -111,7 +111,7 @@ def test_workers_is_taken_out_of_the_command_it_restarts():
     assert distributed.without_option(argv, "--workers") == ["train", "c.txt", "--hidden", "8"]
 
 
-def test_an_abort_waits_for_the_launcher_to_read_the_error_line(tmp_path):
+def test_an_abort_waits_for_the_launcher_to_read_the_error_line(tmp_path, monkeypatch):
     read_end, write_end = os.pipe()
     os.write(write_end, b"rnngen: error: x\n")
     reader = threading.Timer(0.2, os.read, (read_end, 100))
@@ -121,11 +121,20 @@ def test_an_abort_waits_for_the_launcher_to_read_the_error_line(tmp_path):
     fcntl.ioctl(read_end, termios.FIONREAD, left)
     assert left[0] == 0                                             # it returned after the read
     reader.join()
+    os.write(write_end, b"left unread\n")
+    t0 = time.monotonic()
+    distributed._wait_until_read(write_end, limit=0.3)              # nobody reads: it gives up
+    assert time.monotonic() - t0 >= 0.3
+    os.close(read_end), os.close(write_end)
+
+    def no_waiting(seconds):
+        raise AssertionError("waited on a file")
+
+    monkeypatch.setattr(distributed.time, "sleep", no_waiting)
     with open(tmp_path / "log", "w") as f:                         # a file is not waited on
         f.write("x")
         f.flush()
         distributed._wait_until_read(f.fileno(), limit=30)
-    os.close(read_end), os.close(write_end)
 
 
 def test_a_plain_run_imports_nothing_of_mpi(corpus, tmp_path):
