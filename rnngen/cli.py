@@ -52,7 +52,7 @@ class Size(click.ParamType):
         try:
             if "^" in text:
                 base, power = (int(part) for part in text.split("^"))
-                size = base ** power if power >= 0 else -1
+                size = base ** power if 0 <= power <= 64 else -1        # a larger power is no size either
             else:
                 scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
                 size = int(text[:-1] if scale > 1 else text) * scale

@@ -30,6 +30,7 @@ DIRECTIONS = ("forward", "bidirectional")         # a language model, or a cloze
 OPTIMIZER_NAMES = ("sgd", "adagrad", "adam")
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
 MAX_DIRECT_ORDER = 6                              # longest n-gram of the maxent features
+MAX_DIRECT_SIZE = 1 << 32                         # hashed weights: 16 GB of float32
 
 
 # A duration: a bare number of seconds, or numbers with units, largest first ("1h30m", "1.5h").
@@ -169,6 +170,13 @@ class ModelConfig:
             raise RnngenError(f"--direct-order must be 0 (no n-gram features) or 2 to {MAX_DIRECT_ORDER}")
         if self.direct_size and not (self.direct_size >= 1 and self.direct_size & (self.direct_size - 1) == 0):
             raise RnngenError("--direct-size must be a power of two (e.g. 16M = 2**24)")
+        if self.direct_size and not self.direct_order:
+            raise RnngenError("--direct-size needs n-gram features (--direct-order 2 or more)")
+        if self.direct_size > MAX_DIRECT_SIZE:
+            raise RnngenError(f"--direct-size must be at most 2^{MAX_DIRECT_SIZE.bit_length() - 1} "
+                              f"({MAX_DIRECT_SIZE * 4 >> 30} GB of weights)")
+        if self.direct_size and self.direct_size < self.vocab_size:     # a logit row's slice wraps at most once
+            raise RnngenError(f"--direct-size must be at least the vocabulary size ({self.vocab_size:,})")
         if self.direct_order and self.bidirectional:
             raise RnngenError("n-gram features (--direct-order) work with forward models only")
         b = self.class_bounds
@@ -218,7 +226,8 @@ class ModelConfig:
         """For n-gram features without a hash size: :func:`default_direct_size` of the corpus."""
         if not self.direct_order or self.direct_size:
             return self
-        return replace(self, direct_size=default_direct_size(tokens, self.direct_order))
+        size = max(default_direct_size(tokens, self.direct_order), 1 << (self.vocab_size - 1).bit_length())
+        return replace(self, direct_size=size)
 
     @property
     def inner_nodes(self) -> int:

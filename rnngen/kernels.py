@@ -383,7 +383,8 @@ def context_bases(inputs, before, mask, out):
 
 @kernel(**LOOP_OPTIONS)
 def add_direct(logits, bases, direct, offset):
-    """logits[i, j] += sum_k d[(bases[i, k] + offset + j) mod |d|]."""
+    """logits[i, j] += sum_k d[(bases[i, k] + offset + j) mod |d|]. A row is no wider than
+    |d| (ModelConfig: direct_size >= vocabulary), so its slice wraps at most once."""
     size = direct.shape[0]
     width = logits.shape[1]
     for i in range(logits.shape[0]):

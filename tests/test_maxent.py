@@ -151,6 +151,14 @@ def test_config_checks():
         ModelConfig(vocab_size=V, direct_order=3, direct_size=1000)
     with pytest.raises(RnngenError, match="forward models"):
         ModelConfig(vocab_size=V, direct_order=3, direction="bidirectional")
+    with pytest.raises(RnngenError, match="at least the vocabulary size"):       # a slice would overrun d
+        ModelConfig(vocab_size=V, direct_order=3, direct_size=16)
+    with pytest.raises(RnngenError, match="needs n-gram features"):
+        ModelConfig(vocab_size=V, direct_size=1 << 20)
+    with pytest.raises(RnngenError, match="at most 2\\^32"):
+        ModelConfig(vocab_size=V, direct_order=3, direct_size=1 << 33)
+    big = ModelConfig(vocab_size=3_000_000, direct_order=3).with_direct_size(100)
+    assert big.direct_size == 1 << 22                                             # the vocabulary's width
     assert default_direct_size(929_589, 4) == 1 << 24
     assert default_direct_size(100, 4) == 1 << 20 and default_direct_size(10**9, 4) == 1 << 25
 
@@ -177,7 +185,8 @@ def test_cli_trains_scores_samples_and_resumes(tmp_path):
     assert load(str(out)).train["progress"]["epoch"] == 3
     for bad, message in ((["--direct-order", "1"], "--direct-order"), (["--direct-size", "1000"], "power of two"),
                          (["--direct-size", "lots"], "not a size"), (["--direct-size", "2^-1"], "not a size"),
-                         (["--direct-size", "-4M"], "not a size")):
+                         (["--direct-size", "-4M"], "not a size"), (["--direct-size", "9^99999999"], "not a size"),
+                         (["--direct-size", "16"], "at least the vocabulary size")):
         r = subprocess.run([sys.executable, "-m", "rnngen", "train", str(corpus), "-o", str(tmp_path / "x.npz"),
                             "--direct-order", "3", *bad], capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
