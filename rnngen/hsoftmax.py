@@ -35,7 +35,6 @@ from .maxent import HashedGrad
 from .rowgrad import RowGrad
 
 NO_TREE = np.zeros((0, 2), dtype=np.int64)          # the sampling kernel's ``children`` for other layers
-NO_BASES = np.zeros((0, 0), dtype=np.int64)         # no n-gram features
 
 
 @kernel(**SUM_OPTIONS)
@@ -102,15 +101,6 @@ def mark_paths(targets, starts, nodes, touched):
             touched[nodes[j]] = True
 
 
-@kernel(**SUM_OPTIONS)
-def add_direct(z, bases, direct, mask):
-    """z[i, n] += Σ_k direct[(bases[i, k] + n) & mask] for every inner node n."""
-    for i in range(z.shape[0]):
-        for k in range(bases.shape[1]):
-            for n in range(z.shape[1]):
-                z[i, n] += direct[(bases[i, k] + n) & mask]
-
-
 def tree_paths(tree: list, V: int):
     """Each word's path as CSR arrays (starts (V+1,), nodes, codes): word w's inner nodes are
     nodes[starts[w]:starts[w+1]], leaf to root, and codes says which child the path takes
@@ -149,6 +139,7 @@ class HierarchicalSoftmax:
         self.V = config.vocab_size
         self.children = np.asarray(config.tree, dtype=np.int64).reshape(config.inner_nodes, 2)  # (V-1, 2)
         self.starts, self.nodes, self.codes = tree_paths(config.tree, self.V)
+        self.depth = int(np.diff(self.starts).max())               # the longest path
 
     def mean_path(self, counts) -> float:
         """The mean path length (nodes per token) for tokens with these counts."""
@@ -188,10 +179,9 @@ class HierarchicalSoftmax:
         the tree from the root down (kernels.tree_logprobs)."""
         z = top @ p["hs.W"].T + p["hs.b"]                          # z_n = h · W_n + b_n, all n
         if bases is not None:
-            add_direct(z, *self._direct(p, top, bases))
+            kernels.add_direct(z, np.ascontiguousarray(bases, dtype=np.int64), p["direct"], 0)    # node n: + d[b + n]
         out = np.empty((len(top), self.V), dtype=top.dtype)
-        for i in range(len(top)):
-            kernels.tree_logprobs(z[i], self.children, out[i])
+        kernels.tree_logprobs_rows(z, self.children, out)
         return out
 
     def loss_grad(self, p, top, targets, scale, lanes: Lanes = SERIAL, bases=None):
@@ -210,12 +200,13 @@ class HierarchicalSoftmax:
             rows, slot, dW = None, np.arange(len(W)), np.zeros_like(W)
         db = np.zeros_like(p["hs.b"])
         logp, dtop = np.empty(len(top)), np.empty_like(top)
-        depth = int(np.diff(self.starts).max()) if bases is not None else 0
+        depth = self.depth if bases is not None else 0                # the paths' nodes, for the n-grams' grad
         path, dz = np.full((len(top), depth), -1, dtype=np.int64), np.zeros((len(top), depth), dtype=top.dtype)
-        path_loss_grad(top, targets, W, p["hs.b"], self.starts, self.nodes, self.codes,
-                       *self._direct(p, top, bases), float(scale), slot, logp, dtop, dW, db, path, dz)
+        features = self._direct(p, top, bases)
+        path_loss_grad(top, targets, W, p["hs.b"], self.starts, self.nodes, self.codes, *features, float(scale),
+                       slot, logp, dtop, dW, db, path, dz)
         grads = {"hs.W": dW if rows is None else RowGrad(rows, dW, W.shape), "hs.b": db}
         if bases is not None:
             grads["direct"] = HashedGrad(p["direct"].size, top.dtype)
-            grads["direct"].add_nodes(self._direct(p, top, bases)[0], path, dz)
+            grads["direct"].add_nodes(features[0], path, dz)
         return logp, dtop, grads

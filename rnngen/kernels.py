@@ -536,12 +536,12 @@ def log_sigmoid(z):
 
 
 @kernel
-def tree_logprobs(z, children, out):
+def tree_logprobs(z, children, out, reach):
     """The hierarchical softmax's log p(w | h) for every word w into ``out`` (V,), from the
     logits z (V-1,) of the tree's inner nodes: node n's first child has p σ(z_n), its second
-    σ(-z_n) (children (V-1, 2): ids < V words, V + m inner node m; parents after children)."""
+    σ(-z_n) (children (V-1, 2): ids < V words, V + m inner node m; parents after children).
+    ``reach`` (V-1,) is scratch: log p(reaching inner node m)."""
     V = len(out)
-    reach = np.empty(V - 1)                                        # log p(reaching inner node m)
     reach[V - 2] = 0.0                                             # the root
     for n in range(V - 2, -1, -1):                                 # parents before their children
         first, _ = log_sigmoid(np.float64(z[n]))                   # log σ(z_n)
@@ -552,6 +552,14 @@ def tree_logprobs(z, children, out):
                 out[child] = logp
             else:
                 reach[child - V] = logp
+
+
+@kernel
+def tree_logprobs_rows(z, children, out):
+    """:func:`tree_logprobs` for each row of z (N, V-1) into out (N, V)."""
+    reach = np.empty(z.shape[1])
+    for i in range(z.shape[0]):
+        tree_logprobs(z[i], children, out[i], reach)
 
 
 RNN, LSTM, GRU = 0, 1, 2    # the ``cell`` codes of sample_lines
@@ -585,6 +593,7 @@ def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W
     tc = np.empty(H, dtype=dtype)
     hn = np.empty(H, dtype=dtype)
     word_logp = np.empty(embed.shape[0], dtype=dtype)              # hierarchical: log p(w | h)
+    reach = np.empty(len(children))                                # ... and its scratch
     lengths = np.full(m, max_length, dtype=np.int64)
     current = np.full(m, first, dtype=np.int64)
     K = read0.shape[0]
@@ -620,10 +629,11 @@ def sample_lines(cell, relu, embed, W_x0, W_x, W_h, b, b_hn, out_W, out_b, cls_W
             if K > 0:
                 ngram_bases(read[r], direct.shape[0] - 1, bases[0])
                 add_direct(logits[r:r + 1], bases, direct, 0)           # + sum_n d[b_n + w] (hs: node w)
-                add_direct(cls_logits[r:r + 1], bases, direct, V)
+                if len(bounds) > 2:
+                    add_direct(cls_logits[r:r + 1], bases, direct, V)   # + the class logits' own slice
             row = logits[r]
             if len(children):
-                tree_logprobs(logits[r], children, word_logp)
+                tree_logprobs(logits[r], children, word_logp, reach)
                 row = word_logp
             elif len(bounds) > 2:
                 class_logprobs(logits[r], cls_logits[r], bounds)
