@@ -116,16 +116,28 @@ def _queue_logprobs(model: Model, inputs, targets, state, chunk: int, lanes: Lan
     final state. ``before``: see :func:`chunked_logprobs`."""
     T, B = inputs.shape
     steps = _chunk_steps(B, chunk)
-    bases = model.contexts(inputs, before)
     for a in range(0, T, steps):
         b = min(a + steps, T)
+        bases = _chunk_contexts(model, inputs, a, b, before)
         top, _, state = model.hidden_forward(inputs[a:b], state)
         for s, e in lanes.split(b - a):
             scored = None if lengths is None else np.arange(a + s, a + e)[:, None] < lengths
             lanes.submit(_write_logprobs, model, top[s:e], targets[a + s:a + e], out[a + s:a + e], scored,
-                         None if bases is None else bases[a + s:a + e])
+                         None if bases is None else bases[s:e])
         lanes.catch_up(keep=2 * lanes.count)               # at most two chunks ahead of the worker
     return state
+
+
+def _chunk_contexts(model: Model, inputs, a: int, b: int, before):
+    """The n-gram contexts of inputs[a:b] (None without features), made chunk by chunk: a
+    whole stream's would take 8 bytes per token and order. What came before a is inputs[:a],
+    and before that ``before``."""
+    if not model.config.direct_order:
+        return None
+    prior = inputs[max(0, a - model.history):a]
+    if len(prior) < model.history and before is not None:
+        prior = np.concatenate((before, prior))
+    return model.contexts(inputs[a:b], prior)
 
 
 def _write_logprobs(model: Model, top, targets, out, scored=None, bases=None) -> None:

@@ -108,6 +108,8 @@ def test_stream_scored_in_chunks_equals_one_pass(softmax):
                                      before=inputs[max(0, a - 2):a])
         pieces.append(lp)
     assert np.allclose(np.concatenate(pieces), one, rtol=1e-12)
+    steps, _ = chunked_logprobs(model, inputs, ids[:, None], chunk=1)     # chunks shorter than the history
+    assert np.allclose(steps, one, rtol=1e-12)
     assert stream_logprob(model, ids)[0] == pytest.approx(one.sum(), rel=1e-12)
 
 
