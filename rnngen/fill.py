@@ -163,7 +163,7 @@ def left_scores(model: Model, left: np.ndarray, eos: int = 0):
     """log p(w | <eos> left) over the vocabulary (V,), and the state after the left context."""
     inputs = np.concatenate(([eos], left)).astype(np.int32)[:, None]
     top, _, state = model.hidden_forward(inputs, model.zero_state(1))
-    bases = model.contexts(inputs)
+    bases = model.contexts(inputs[-1:], inputs[len(inputs) - 1 - model.history:-1])      # the last position's
     return model.next_logprobs(top[-1], None if bases is None else bases[-1]).reshape(-1).astype(np.float64), state
 
 

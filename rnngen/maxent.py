@@ -31,14 +31,12 @@ def contexts(inputs: np.ndarray, order: int, size: int, before: np.ndarray | Non
     inputs that came just before (oldest first), by default ``eos`` (a stream's or line's start)."""
     T, B = inputs.shape
     K = order - 1
-    if before is None or before.shape[0] < K - 1:
-        pad = np.full((K - 1, B), eos, dtype=np.int32)
-        if before is not None and before.shape[0]:
-            pad[K - 1 - before.shape[0]:] = before
-        before = pad
+    prior = np.full((K - 1, B), eos, dtype=np.int32)              # the K-1 inputs before, eos-padded
+    n = 0 if before is None else min(len(before), K - 1)
+    if n:
+        prior[K - 1 - n:] = before[len(before) - n:]
     out = np.empty((T, B, K), dtype=np.int64)
-    context_bases(np.ascontiguousarray(inputs), np.ascontiguousarray(before[before.shape[0] - (K - 1):]),
-                  size - 1, out)
+    context_bases(np.ascontiguousarray(inputs), prior, size - 1, out)
     return out
 
 

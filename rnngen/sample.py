@@ -83,8 +83,8 @@ def _sample_block(model, primed, read, uniforms, eos, temperature, top_k, top_p,
     b_hn = np.stack([lp.get("b_hn", np.zeros(H, dtype)) for lp in layers])
     W_h, b = np.stack([lp["W_h"] for lp in layers]), np.stack([lp["b"] for lp in layers])
     output, state0 = model.output.sample_form(model.params), np.ascontiguousarray(primed[:, :, 0])
-    K = max(cfg.direct_order - 1, 0)
-    read0 = np.array((list(reversed(read)) + [0] * K)[:K], dtype=np.int64)   # newest first, <eos> before the start
+    K = model.history + 1 if cfg.direct_order else 0                  # the inputs a context reads
+    read0 = np.array((list(reversed(read)) + [eos] * K)[:K], dtype=np.int64)  # newest first, <eos> before the start
     direct = model.params.get("direct", np.zeros(1, dtype))
     m = len(uniforms)
     generated = np.zeros(uniforms.shape, dtype=np.int32)

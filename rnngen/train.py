@@ -685,15 +685,13 @@ class Chunks(NamedTuple):
         return time_major(self.inputs, start, stop), time_major(self.targets, start, stop)
 
     def before(self, i: int, n: int) -> np.ndarray | None:
-        """The ``n`` inputs before chunk ``i`` (n, B), oldest first, ``<eos>`` before the
-        rows' starts: what the n-gram features of its first steps read. None when n is 0."""
+        """The ``n`` inputs before chunk ``i`` (n, B), oldest first (fewer near the rows' starts,
+        where :func:`rnngen.maxent.contexts` reads <eos>): what the n-gram features of its
+        first steps read. None when n is 0."""
         if n == 0:
             return None
         start = i * self.bptt
-        out = np.zeros((n, self.inputs.shape[0]), dtype=np.int32)
-        have = min(n, start)
-        out[n - have:] = time_major(self.inputs, start - have, start)
-        return out
+        return time_major(self.inputs, max(0, start - n), start)
 
 
 # Ids a whole-stream pass takes at a time, so that it makes no copy of the (maybe memory-mapped) stream.

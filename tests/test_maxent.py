@@ -192,3 +192,14 @@ def test_cli_trains_scores_samples_and_resumes(tmp_path):
         r = subprocess.run([sys.executable, "-m", "rnngen", "train", str(corpus), "-o", str(tmp_path / "x.npz"),
                             "--direct-order", "3", *bad], capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_training_chunks_read_the_contexts_of_the_whole_rows():
+    from rnngen.train import Chunks
+
+    rows = np.random.default_rng(4).integers(0, V, (3, 20)).astype(np.int32)       # (B, L)
+    chunks = Chunks(rows, rows, bptt=1)                                             # chunks shorter than the history
+    whole = contexts(rows.T.copy(), 5, SIZE)
+    for i in range(chunks.count):
+        x, _ = chunks.chunk(i)
+        assert np.array_equal(contexts(x, 5, SIZE, before=chunks.before(i, 3)), whole[i:i + 1])
