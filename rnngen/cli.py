@@ -335,7 +335,8 @@ def train(ctx, corpus, output, resume_path, quiet, dry_run, threads, workers, bi
                      progress=not quiet and sys.stderr.isatty(), threads=threads or choice.threads or None,
                      deadline=Deadline(started + budget, budget) if budget else None)
     except TrainingInterrupted as exc:
-        _exit_interrupted(ctx, exc, output, corpus, data, config, quiet, budget)
+        left = int(started + budget - time.perf_counter()) if budget else 0
+        _exit_interrupted(ctx, exc, output, corpus, data, config, quiet, max(left, 1) if budget else 0)
     log(f"rnngen: saved {output}")
 
 
@@ -409,8 +410,9 @@ def _log_file(path: str, output: str, kept: bool) -> str:
     return path
 
 
-def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: bool, budget: float):
-    """After a signal (the state is saved): print the command that resumes, and exit."""
+def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: bool, budget_left: int):
+    """After a signal (the state is saved): print the command that resumes (with what is left
+    of --max-time's budget), and exit."""
     import signal
 
     for sig in (signal.SIGINT, signal.SIGTERM):     # saved: another one could only garble the exit
@@ -428,7 +430,7 @@ def _exit_interrupted(ctx, exc, output: str, corpus, data: dict, config, quiet: 
         cmd += ["--valid-fraction", str(data["valid_fraction"])]
     if data["encoding_errors"] != "strict":
         cmd += ["--encoding-errors", data["encoding_errors"]]
-    limits = {"max_steps": config.max_steps, "max_time": budget}
+    limits = {"max_steps": config.max_steps, "max_time": budget_left}
     cmd += [f"--{name.replace('_', '-')}={value}" for name, value in limits.items() if value]
     cmd += ["-q"] if quiet else []
     cmd += ["--resume", output, "-o", output]
