@@ -785,7 +785,8 @@ def measure_speed(model_config: ModelConfig, config: TrainConfig, train_ids: np.
     started = time.perf_counter()
     head = np.ascontiguousarray(train_ids[:config.batch_size * config.bptt * 8 + 1], dtype=np.int32)
     config = _fit_batch_size(config, len(head), lambda msg: None)
-    model_config = model_config.with_classes(token_counts(train_ids, model_config.vocab_size))     # the run's classes
+    counts = token_counts(train_ids, model_config.vocab_size)
+    model_config = model_config.with_classes(counts).with_tree(counts)      # the run's classes and tree, not the head's
     run = _new_run(model_config, config, head)
     data = Chunks(*batchify(head, config.batch_size), config.bptt)
     counts = [threads] if threads else sorted({1, dist.world().threads()})

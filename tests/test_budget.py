@@ -159,10 +159,17 @@ def test_the_deadline_keeps_a_reserve_for_the_last_validation_and_saves():
     assert deadline.reached() and "--max-time 60s" in deadline.why()
 
 
-def test_the_validation_estimate_scales_a_sample():
-    seen = []
-    estimate = budget.validation_seconds(lambda ids: seen.append(len(ids)), np.zeros(20_000))
-    assert seen == [budget.VALID_WARMUP, budget.VALID_SAMPLE] and estimate >= 0
+def test_the_validation_estimate_scales_a_sample(monkeypatch):
+    clock, seen = [0.0], []
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock[0])
+
+    def score(ids):                                       # 0.1 s a call, whatever its length
+        seen.append(len(ids))
+        clock[0] += 0.1
+
+    estimate = budget.validation_seconds(score, np.zeros(20_000))
+    assert seen == [budget.VALID_WARMUP, budget.VALID_SAMPLE]
+    assert estimate == pytest.approx(0.1 * 20_000 / budget.VALID_SAMPLE)     # the sample's time, scaled
     assert budget.validation_seconds(lambda ids: 1 / 0, None) == 0.0
 
 
@@ -196,9 +203,29 @@ def test_measuring_tries_one_thread_and_all_cores_and_keeps_the_faster(monkeypat
     speed = measure_speed(ModelConfig(vocab_size=len(vocab), hidden=16, softmax="class", direct_order=3,
                                       direct_size=2**16), TrainConfig(), tr[:20000], va[:500])
     assert set(tried) == {1, 2} and all(r > 0 for r in tried.values())
-    assert speed.threads == 1 and speed.tokens_per_s == 5000.0 and speed.validation > 0 and speed.write > 0
+    assert speed.threads == 1 and speed.tokens_per_s == 5000.0 and speed.validation > 0
+    assert speed.write > budget.write_seconds(2**16 * 4)                     # the hashed weights and the rest
     assert measure_speed(ModelConfig(vocab_size=len(vocab), hidden=16), TrainConfig(), tr[:20000], None,
                          threads=2).threads == 2
+
+
+def test_measuring_an_hs_model_uses_the_whole_streams_tree(monkeypatch):
+    import rnngen.train as train_module
+    from rnngen.config import huffman_tree
+    from rnngen.model import ModelConfig
+    from rnngen.train import TrainConfig, measure_speed, token_counts
+
+    ids = np.concatenate([np.zeros(2000), np.arange(40).repeat(200)]).astype(np.int32)    # the head: all 0
+    real, trees = train_module._new_run, []
+
+    def new_run(model_config, *args):
+        trees.append(model_config.tree)
+        return real(model_config, *args)
+
+    monkeypatch.setattr(train_module, "_new_run", new_run)
+    measure_speed(ModelConfig(vocab_size=40, hidden=8, softmax="hs"), TrainConfig(batch_size=2, bptt=5), ids, None,
+                  threads=1, seconds=0.01)
+    assert trees == [huffman_tree(token_counts(ids, 40))]
 
 
 def test_a_small_corpus_keeps_to_the_candidates_it_suits():
