@@ -180,6 +180,8 @@ def overlay(candidate: Candidate, given: dict, training_tokens: int, direct: boo
     options = {**candidate.options, **given}
     if "optimizer" in given and "lr" not in given and given["optimizer"] != candidate.options["optimizer"]:
         options["lr"] = DEFAULT_LR[given["optimizer"]]
+    if options["lr"] == 0:                                      # --lr 0: the optimiser's default, as TrainConfig has it
+        options["lr"] = DEFAULT_LR[options["optimizer"]]
     if not direct and "direct_order" not in given:
         options["direct_order"] = 0
     if "direct_size" not in given:
@@ -188,7 +190,7 @@ def overlay(candidate: Candidate, given: dict, training_tokens: int, direct: boo
     return options
 
 
-def schedule(options: dict, candidate: Candidate, planned: float, given: dict) -> dict:
+def schedule(candidate: Candidate, planned: float, given: dict) -> dict:
     """Epochs (the planned ones, rounded up), and the rate halved after every epoch from the
     candidate's share of them on (by its ``decay_by`` at the latest). Given ones are kept."""
     decay_after = max(1, round(candidate.decay_from * planned))
@@ -221,7 +223,7 @@ def choose(given: dict, budget: float, spent: Callable[[], float], training_toke
             break
     best = next((p for p in reversed(plans) if p.planned >= p.candidate.needs), plans[0])
     best.planned = planned_epochs(budget - spent(), best.speed, training_tokens)     # after all measuring
-    options = {**best.options, **schedule(best.options, best.candidate, best.planned, given)}
+    options = {**best.options, **schedule(best.candidate, best.planned, given)}
     c = best.candidate
     chosen = f"chose candidate {c.name}: needs {c.needs:g} epochs, {best.planned:.1f} fit ({c.why})"
     return Choice(options, _reasons(options, given, best), [*map(_measured, plans), chosen], best.speed.threads)
@@ -255,24 +257,19 @@ def options_of(model_config, config) -> dict:
     return {name: getattr(model_config if name in MODEL_DECIDED else config, name) for name in DECIDED}
 
 
+def _shown(options: dict) -> list[tuple[str, str, str]]:
+    """(name, option, value as typed) of the decided options worth saying: the n-gram ones
+    only when used, --warmup only when on."""
+    return [(name, f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value))
+            for name, value in ((name, options[name]) for name in DECIDED)
+            if not (name.startswith("direct_") and not options["direct_order"] or name == "warmup" and not value)]
+
+
 def option_list(options: dict) -> str:
-    """The command-line options that reproduce ``options`` (n-gram options only when used)."""
-    words = []
-    for name in DECIDED:
-        value = options[name]
-        if name.startswith("direct_") and not options["direct_order"] or name == "warmup" and not value:
-            continue
-        words += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
-    return " ".join(words)
+    """The command-line options that reproduce ``options``."""
+    return " ".join(f"{option} {value}" for _, option, value in _shown(options))
 
 
 def reason_lines(choice: Choice) -> list[str]:
-    """One line per decided option: its value and why; n-gram options only when used."""
-    lines = []
-    for name in DECIDED:
-        if name.startswith("direct_") and not choice.options["direct_order"]:
-            continue
-        value = choice.options[name]
-        shown = f"{value:g}" if isinstance(value, float) else str(value)
-        lines.append(f"--{name.replace('_', '-')} {shown}: {choice.reasons[name]}")
-    return lines
+    """One line per decided option: its value and why."""
+    return [f"{option} {value}: {choice.reasons[name]}" for name, option, value in _shown(choice.options)]

@@ -8,7 +8,7 @@ from conftest import CORPUS
 
 from rnngen import budget
 from rnngen.budget import CANDIDATES, Candidate, Deadline, Speed, choose, option_list
-from rnngen.config import parse_duration
+from rnngen.config import DEFAULT_LR, parse_duration
 
 PTB_TOKENS = 930_000
 
@@ -109,6 +109,8 @@ def test_a_named_model_gets_a_recipe_that_does_not_over_fit():
 def test_a_given_optimizer_takes_its_own_rate():
     choice, _ = pick({"optimizer": "adam"}, 3 * 3600)
     assert choice.options["optimizer"] == "adam" and choice.options["lr"] == 0.002
+    default, _ = pick({"lr": 0.0}, 3 * 3600)                  # --lr 0: the default rate, said as it is used
+    assert default.options["lr"] == DEFAULT_LR[default.options["optimizer"]] == 1.0
     assert 1 <= choice.options["decay_after"] < choice.options["epochs"] and choice.options["lr_decay"] == 0.5
 
 
