@@ -31,6 +31,7 @@ OPTIMIZER_NAMES = ("sgd", "adagrad", "adam")
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.002}
 MAX_DIRECT_ORDER = 6                              # longest n-gram of the maxent features
 MAX_DIRECT_SIZE = 1 << 32                         # hashed weights: 16 GB of float32
+MAX_DURATION = 366 * 86400.0                      # --max-time
 
 
 # A duration: a bare number of seconds, or numbers with units, largest first ("1h30m", "1.5h").
@@ -49,12 +50,18 @@ def parse_duration(text: str) -> float:
     else:
         if not (seconds >= 0 and math.isfinite(seconds)):
             raise ValueError(f"{text!r} is not a duration: seconds must be finite and not negative")
-        return seconds
+        return _at_most_a_year(text, seconds)
     parts = _DURATION_PART.findall(text)
     units = [unit for _, unit in parts]
     if not parts or "".join(n + u for n, u in parts) != text or units != sorted(set(units), key="hms".index):
         raise ValueError(f"{text!r} is not a duration (e.g. 90, 90s, 10m, 2h, 1h30m, 1.5h)")
-    return sum(float(n) * _SECONDS[u] for n, u in parts)
+    return _at_most_a_year(text, sum(float(n) * _SECONDS[u] for n, u in parts))
+
+
+def _at_most_a_year(text: str, seconds: float) -> float:
+    if seconds > MAX_DURATION:                  # beyond it, planned epochs would be numbers of hundreds of digits
+        raise ValueError(f"{text!r} is not a duration rnngen plans for: at most 366 days")
+    return seconds
 
 
 def known_fields(cls, data: dict) -> dict:

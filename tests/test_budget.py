@@ -19,7 +19,8 @@ def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["10x", "-5", "m", "", "1m1h", "1h1h", "1 h", "nan", "inf", "h30", "10m5"])
+@pytest.mark.parametrize("text", ["10x", "-5", "m", "", "1m1h", "1h1h", "1 h", "nan", "inf", "h30", "10m5", "1e308",
+                                  "9000h"])
 def test_bad_durations_raise(text):
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration(text)
