@@ -70,43 +70,38 @@ def test_the_clip_is_applied_before_the_update():
     assert 0 < moved[1e-3] < moved[0.0]
 
 
-def test_train_gives_the_blas_threads_back(tmp_path, monkeypatch):
-    """Training on two lanes sets NumPy's BLAS to one thread for the run, and back after it."""
+def _train_watching_steps(tmp_path, monkeypatch, config: TrainConfig, watch, threads=None) -> None:
+    """Train a 4-token model on 400 random ids; ``watch(args)`` sees each train_step call's
+    arguments (model, optim, x, y, state, lr, clip, ..., direct_lr)."""
     import rnngen.train
-    from rnngen import blas
     from rnngen.vocab import Vocab
 
-    vocab = Vocab(tokens=["<eos>", "<unk>", "a", "b"])
-    ids = np.random.default_rng(1).integers(0, 4, 400).astype(np.int32)
-    seen = []
-
-    def step(*args, **kwargs):
-        seen.append(blas.thread_count())
-        return train_step(*args, **kwargs)
+    def step(*args):
+        watch(args)
+        return train_step(*args)
 
     monkeypatch.setattr(rnngen.train, "train_step", step)
+    ids = np.random.default_rng(1).integers(0, 4, 400).astype(np.int32)
+    train(ids, None, Vocab(tokens=["<eos>", "<unk>", "a", "b"]), ModelConfig(vocab_size=4, hidden=4), config,
+          str(tmp_path / "m.npz"), log=lambda m: None, threads=threads)
+
+
+def test_train_gives_the_blas_threads_back(tmp_path, monkeypatch):
+    """Training on two lanes sets NumPy's BLAS to one thread for the run, and back after it."""
+    from rnngen import blas
+
+    seen = []
     with blas.numpy_threads(2):
-        train(ids, None, vocab, ModelConfig(vocab_size=4, hidden=4), TrainConfig(epochs=1, batch_size=4),
-              str(tmp_path / "m.npz"), log=lambda m: None, threads=2)
+        _train_watching_steps(tmp_path, monkeypatch, TrainConfig(epochs=1, batch_size=4),
+                              lambda args: seen.append(blas.thread_count()), threads=2)
         assert seen and set(seen) == {1}                    # each lane's BLAS on one thread during the run
         assert blas.thread_count() == 2                     # as the caller had it afterwards
 
 
 def test_warmup_raises_the_rate_linearly_over_its_steps(tmp_path, monkeypatch):
     """--warmup 4: the steps' rates are lr/4, 2lr/4, 3lr/4, then lr; the n-gram rate follows."""
-    import rnngen.train
-    from rnngen.vocab import Vocab
-
-    vocab = Vocab(tokens=["<eos>", "<unk>", "a", "b"])
-    ids = np.random.default_rng(1).integers(0, 4, 400).astype(np.int32)
     rates = []
-
-    def step(model, optim, x, y, state, lr, *args, **kwargs):
-        rates.append((lr, kwargs.get("direct_lr", args[-1] if args else None)))
-        return train_step(model, optim, x, y, state, lr, *args, **kwargs)
-
-    monkeypatch.setattr(rnngen.train, "train_step", step)
     config = TrainConfig(epochs=1, batch_size=4, bptt=5, optimizer="sgd", lr=0.8, warmup=4, max_steps=6)
-    train(ids, None, vocab, ModelConfig(vocab_size=4, hidden=4), config, str(tmp_path / "m.npz"), log=lambda m: None)
+    _train_watching_steps(tmp_path, monkeypatch, config, lambda args: rates.append((args[5], args[-1])))
     assert [r for r, _ in rates] == pytest.approx([0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
     assert [d for _, d in rates] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
